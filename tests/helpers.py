@@ -23,6 +23,8 @@ def _flatten(output: Any) -> list[Tensor]:
     """Tensors of a (nested) module output in the order the ONNX exporter lists them."""
     if isinstance(output, Tensor):
         return [output]
+    if output is None:  # e.g. the unset fields of Anomalib's InferenceBatch; the exporter drops them too
+        return []
     if isinstance(output, Mapping):
         return [t for value in output.values() for t in _flatten(value)]
     if isinstance(output, (tuple, list)):  # NamedTuples included

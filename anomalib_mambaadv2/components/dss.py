@@ -1,0 +1,82 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Duality-enhanced State Space (DSS) module.
+
+``[cascade of HSS blocks ∥ 7×7 depthwise local branch ∥ frequency-enhanced branch] → 1×1 fuse → + input``.
+MambaAD's LSS module had a 5×5 convolution branch where MambaADv2 has the frequency branch; ``freq_branch=False``
+gives that 5×5 branch back, for ablation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .freq_conv import FrequencyEnhancedConv
+from .hss import HSSBlock
+
+
+class LocalConv(nn.Sequential):
+    """``1×1 conv → BN → SiLU → k×k depthwise conv → BN → SiLU → 1×1 conv → BN → SiLU`` (MambaAD's conv branch).
+
+    Args:
+        channels: Input and output channels.
+        kernel_size: Depthwise kernel size.
+        hidden: Hidden channels (default ``channels // 2``).
+    """
+
+    def __init__(self, channels: int, kernel_size: int, hidden: int | None = None) -> None:
+        hidden = hidden or max(channels // 2, 1)
+        super().__init__(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.SiLU(),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.SiLU(),
+        )
+
+
+class DSSModule(nn.Module):
+    """A cascade of HSS blocks in parallel with a local and a frequency (or 5×5) convolution branch.
+
+    Args:
+        dim: Channels of the channels-last token grid.
+        grid_size: (H, W) of the grid at the configured image size (sizes the frequency filter).
+        block_directions: Scan directions of each HSS block; its length is the number of blocks.
+        drop_paths: Stochastic depth rate of each HSS block.
+        freq_branch: Frequency-enhanced branch (True) or MambaAD's 5×5 depthwise branch (False).
+        **hss_kwargs: Further arguments of :class:`~anomalib_mambaadv2.components.hss.HSSCore`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        grid_size: tuple[int, int],
+        block_directions: Sequence[Sequence[int]],
+        drop_paths: Sequence[float],
+        freq_branch: bool = True,
+        **hss_kwargs,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *(
+                HSSBlock(dim, drop_path=dp, directions=dirs, **hss_kwargs)
+                for dirs, dp in zip(block_directions, drop_paths, strict=True)
+            )
+        )
+        self.local = LocalConv(dim, 7)
+        self.second = (
+            FrequencyEnhancedConv(dim, grid_size, hidden=max(dim // 2, 1)) if freq_branch else LocalConv(dim, 5)
+        )
+        self.fuse = nn.Conv2d(3 * dim, dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) → (B, H, W, C)."""
+        grid = x.permute(0, 3, 1, 2)
+        mixed = torch.cat((self.blocks(x).permute(0, 3, 1, 2), self.local(grid), self.second(grid)), dim=1)
+        return x + self.fuse(mixed).permute(0, 2, 3, 1)
