@@ -1,0 +1,205 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MambaADv2 as an Anomalib model.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_mambaadv2 import MambaADv2
+    >>> model = MambaADv2(backbone="resnet34", image_size=256)
+    >>> engine = Engine(max_epochs=100)
+    >>> engine.fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+
+Encoder weights (``pre_trained`` / ``backbone_weights``) are loaded when training starts, not at construction, so a
+model rebuilt from a checkpoint for ``test``, ``predict`` or ``export`` takes its frozen encoder from the checkpoint
+and never tries to download anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
+
+from .components.scanning import DEFAULT_SCHEDULE
+from .loss import ReconstructionLoss
+from .torch_model import MambaADv2Model
+
+logger = logging.getLogger(__name__)
+
+# Parameters that get no weight decay besides biases and norms (recipe of MambaAD / DESIGN.md §7).
+_NO_DECAY_NAMES = ("dt_bias", "a_bias", "B_bias", "C_bias", ".D", "gain", "weight_real", "weight_imag")
+
+
+class MambaADv2(AnomalibModule):
+    """MambaADv2: a duality-enhanced state-space decoder that reconstructs frozen encoder features.
+
+    Args:
+        backbone: timm backbone of the frozen encoder.
+        layers: Three encoder layers, shallow to deep.
+        pre_trained: Load timm's pretrained encoder weights when training starts (needs a model hub).
+        backbone_weights: Local timm state dict for the encoder (offline alternative to ``pre_trained``).
+        image_size: Input size (int or [H, W]); multiples of 32 for ResNets. Sets the default pre-processor.
+        depths: HSS blocks per decoder stage, deep to shallow.
+        directions: Scan directions per decoder stage (``[8, 8, 8, 8]`` is MambaAD's scanning).
+        scan_curve: ``"auto"``, ``"hilbert"``, ``"snake"`` or ``"raster"``.
+        matrix_path: HSS global matrix path.
+        trapezoid: Mamba-3 exponential-trapezoidal discretisation.
+        rotation: Mamba-3 data-dependent rotary position.
+        freq_branch: Frequency-enhanced branch (else MambaAD's 5×5 branch).
+        drop_path_rate: Maximum stochastic depth.
+        loss: ``"mse"`` (5·MSE per scale) or ``"cosine"``.
+        lr: Learning rate at batch size 16; scaled linearly with the training batch size.
+        weight_decay: AdamW weight decay (not applied to biases, norms, SSM scalars and filters).
+        ssd_backend: ``"torch"`` (exportable, default), ``"auto"`` or ``"fused"`` (``mamba_ssm`` on NVIDIA GPUs).
+        pre_processor: Pre-processor, or True for the default (resize to ``image_size`` + ImageNet normalisation).
+        post_processor: Post-processor or flag.
+        evaluator: Evaluator or flag (default: image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max/AUPRO).
+        visualizer: Visualizer or flag.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet34",
+        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        image_size: int | Sequence[int] = 256,
+        depths: Sequence[int] = (3, 4, 6, 3),
+        directions: Sequence[int] = DEFAULT_SCHEDULE,
+        scan_curve: str = "auto",
+        matrix_path: bool = True,
+        trapezoid: bool = True,
+        rotation: bool = True,
+        freq_branch: bool = True,
+        drop_path_rate: float = 0.2,
+        loss: str = "mse",
+        lr: float = 0.005,
+        weight_decay: float = 1e-4,
+        ssd_backend: str = "torch",
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.pre_trained, self.backbone_weights = pre_trained, backbone_weights
+        self.lr, self.weight_decay = lr, weight_decay
+        # Weights are loaded in `setup("fit")`: a checkpoint restore then overwrites them, and test/predict/export
+        # from a checkpoint never download.
+        self.model = MambaADv2Model(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=False,
+            image_size=self.input_size or size,
+            depths=depths,
+            directions=directions,
+            scan_curve=scan_curve,
+            matrix_path=matrix_path,
+            trapezoid=trapezoid,
+            rotation=rotation,
+            freq_branch=freq_branch,
+            drop_path_rate=drop_path_rate,
+            ssd_backend=ssd_backend,
+        )
+        self.loss = ReconstructionLoss(loss)
+
+    def setup(self, stage: str) -> None:
+        """Load the encoder's pretrained weights before training (a checkpoint restore comes after and wins)."""
+        super().setup(stage)
+        if stage == "fit":
+            self.model.encoder.load_weights(pre_trained=self.pre_trained, backbone_weights=self.backbone_weights)
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruction loss between encoder and decoder features."""
+        del args, kwargs
+        loss = self.loss(*self.model(batch.image))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Scores and anomaly maps for the validation metrics."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(_NO_DECAY_NAMES) else decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """AdamW (lr scaled by batch/16), ×0.1 at 80 % of the trainer's total steps."""
+        batch_size = getattr(getattr(self.trainer, "datamodule", None), "train_batch_size", 16) or 16
+        optimizer = torch.optim.AdamW(self._param_groups(), lr=self.lr * batch_size / 16, betas=(0.9, 0.999))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            logger.warning("No max_epochs/max_steps set: the learning rate will not be decayed.")
+            total = 1 << 62
+        milestone = max(int(0.8 * total), 1)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> Path:
+        """Export to ONNX at the model's image size (scan orders and filters are fixed per grid), opset 18."""
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name, input_size or tuple(self.model.image_size), **kwargs)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Gradient-norm clipping at 5; no sanity validation (the decoder is untrained then)."""
+        return {"gradient_clip_val": 5.0, "gradient_clip_algorithm": "norm", "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class (normal images only)."""
+        return LearningType.ONE_CLASS
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC/AUPR/F1Max and pixel AUROC/AUPR/F1Max/AUPRO on test; image and pixel AUROC on validation."""
+        val_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Max(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
