@@ -34,7 +34,7 @@ def make_inputs(b=2, l=37, h=4, p=8, g=2, n=16, s=4, dtype=torch.float32, seed=0
 
 @pytest.mark.parametrize("trap", [False, True])
 @pytest.mark.parametrize("rot", [False, True])
-@pytest.mark.parametrize(("l", "chunk"), [(37, 8), (64, 16), (5, 64), (50, 7)])
+@pytest.mark.parametrize(("l", "chunk"), [(37, 8), (64, 16), (5, 64), (50, 7), (300, 4), (1000, 8)])
 def test_chunked_matches_reference(trap, rot, l, chunk):
     inp = make_inputs(l=l, trap=trap, rot=rot, seed=l + chunk)
     ref = ssd_reference(**{k: v.double() if v is not None else None for k, v in inp.items()})
@@ -182,3 +182,23 @@ def test_fused_on_cpu_is_a_clear_error():
         ssd(**inp, backend="fused")
     # auto uses the pure-PyTorch path for CPU tensors
     torch.testing.assert_close(ssd(**inp, backend="auto"), ssd(**inp, backend="torch"))
+
+
+class SSDModule(torch.nn.Module):
+    def __init__(self, D, chunk_size):
+        super().__init__()
+        self.D = torch.nn.Parameter(D)
+        self.chunk_size = chunk_size
+
+    def forward(self, x, dt, A, B, C, lam, omega):
+        return ssd(x, dt, A, B, C, self.D, lam, omega, chunk_size=self.chunk_size), global_matrix_mix(x, B, C)
+
+
+def test_exports_to_onnx_runtime_and_openvino(tmp_path):
+    from helpers import export_and_compare
+
+    # 70 tokens in chunks of 8: padding, and a recursive pass over the 9 chunk states
+    inp = make_inputs(l=70, seed=21)
+    args = tuple(inp[k] for k in ("x", "dt", "A", "B", "C", "lam", "omega"))
+    diffs = export_and_compare(SSDModule(inp["D"], chunk_size=8), args, tmp_path, atol=1e-4)
+    assert max(diffs.values()) <= 1e-4

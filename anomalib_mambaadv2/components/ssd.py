@@ -150,7 +150,10 @@ def position_aware_bc(B: Tensor, C: Tensor, dt: Tensor, omega: Tensor | None) ->
         return B, C
     if omega.ndim == 3:  # shared over heads
         omega = omega.unsqueeze(2)
-    theta = torch.remainder(torch.cumsum(omega * dt.unsqueeze(-1), dim=1), 2 * math.pi)  # (b, l, h, s)
+    # θ grows like a random walk along the sequence; a float32 running sum would lose ~1e-5 rad over a few hundred
+    # tokens, so accumulate in float64 and wrap before going back to the working precision.
+    theta = torch.cumsum((omega * dt.unsqueeze(-1)).double(), dim=1)
+    theta = torch.remainder(theta, 2 * math.pi).to(dt.dtype)  # (b, l, h, s)
     return rotate_pairs(B, theta), rotate_pairs(C, theta)
 
 
@@ -191,10 +194,18 @@ def _chunked_scan(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) x_s B_sᵀ (the last row of the decay matrix)
     states = torch.einsum("bcshn,bhcs,bcshp->bchpn", B, decay[..., -1, :], x)
 
-    # 3. recurrence over chunk states, in its own (small) matrix form
-    chunk_decay = torch.exp(segsum(F.pad(a_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    states = torch.cat((torch.zeros_like(states[:, :1]), states), dim=1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)[:, :-1]  # state entering each chunk
+    # 3. recurrence over chunk states H_c = exp(A_{c-1}) H_{c-1} + S_{c-1}: its matrix form while the chunks fit in
+    #    one chunk, else the same chunked routine on the state sequence (B = C = 1), which keeps the cost linear in L
+    a_chunk = a_cum[..., -1]  # (b, h, c): total log-decay of each chunk
+    if nc <= q or q < 2:
+        chunk_decay = torch.exp(segsum(F.pad(a_chunk, (1, 0))))  # (b, h, c+1, c+1)
+        states = torch.cat((torch.zeros_like(states[:, :1]), states), dim=1)
+        states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)[:, :-1]  # state entering each chunk
+    else:
+        n = states.shape[-1]
+        ones = states.new_ones(b, nc, h, 1)
+        summed = _chunked_scan(states.reshape(b, nc, h, p * n), a_chunk.transpose(1, 2), ones, ones, q)
+        states = F.pad(summed, (0, 0, 0, 0, 1, 0))[:, :-1].reshape(b, nc, h, p, n)  # shift: state entering chunk c
 
     # 4. contribution of the incoming state: exp(Σ_{r<=t} a_r) C_t·H_in
     y = y + torch.einsum("bcqhn,bchpn,bhcq->bcqhp", C, states, torch.exp(a_cum))
