@@ -3,7 +3,7 @@
 
 The bottleneck follows MambaAD v1 (after RD4AD): multi-scale feature fusion (MFF) brings every encoder level down
 to the grid of the deepest one with strided 3×3 convolutions, aligns channels with 1×1 convolutions and sums;
-one-class embedding (OCE) compresses the sum with a strided residual block to ``2 × width(deepest)`` channels at
+one-class embedding (OCE) compresses the sum with a strided residual bottleneck block to ``2 × width(deepest)`` channels at
 half its resolution — a bottleneck narrow enough that anomalies are not reconstructed.
 """
 
@@ -24,20 +24,25 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequentia
 
 
 class ResidualDown(nn.Module):
-    """Basic residual block with stride 2 (ResNet's BasicBlock with a projection shortcut)."""
+    """Residual bottleneck block with stride 2 (ResNet's ``1×1 → 3×3/2 → 1×1`` with a projection shortcut).
+
+    The 3×3 runs at a quarter of the output width, which keeps the one-class embedding small.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        mid = max(cout // 4, 1)
+        self.body = nn.Sequential(
+            _conv_bn_relu(cin, mid, 1, 1),
+            _conv_bn_relu(mid, mid, 3, 2),
+            nn.Conv2d(mid, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, cin, H, W) → (B, cout, H/2, W/2)."""
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
 
 
 class Bottleneck(nn.Module):
