@@ -3,8 +3,8 @@
 
 The bottleneck follows MambaAD v1 (after RD4AD): multi-scale feature fusion (MFF) brings every encoder level down
 to the grid of the deepest one with strided 3×3 convolutions, aligns channels with 1×1 convolutions and sums;
-one-class embedding (OCE) compresses the sum with a strided residual bottleneck block to ``2 × width(deepest)`` channels at
-half its resolution — a bottleneck narrow enough that anomalies are not reconstructed.
+one-class embedding (OCE) compresses the sum with a strided residual bottleneck block to ``2 × width(deepest)``
+channels at half its resolution — a bottleneck narrow enough that anomalies are not reconstructed.
 """
 
 from __future__ import annotations
