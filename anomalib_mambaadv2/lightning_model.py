@@ -30,10 +30,12 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
+from .per_category import PerCategoryMetrics
 from .torch_model import MambaADv2Model
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,12 @@ class MambaADv2(AnomalibModule):
             ssd_backend=ssd_backend,
         )
         self.loss = ReconstructionLoss(loss)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's component callbacks plus per-category test metrics (active with multi-class datamodules)."""
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        return [*callbacks, PerCategoryMetrics()]
 
     def setup(self, stage: str) -> None:
         """Load the encoder's pretrained weights before training (a checkpoint restore comes after and wins)."""
