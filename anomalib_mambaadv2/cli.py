@@ -4,9 +4,16 @@
 Every Anomalib subcommand works (``fit``, ``train``, ``test``, ``predict``, ``export``, …)::
 
     anomalib-mambaadv2 train --model MambaADv2 --data anomalib.data.MVTecAD --data.category bottle
+
+plus ``infer``: batch inference with an exported OpenVINO or ONNX model, without PyTorch
+(see :mod:`anomalib_mambaadv2.deploy`)::
+
+    anomalib-mambaadv2 infer --model model.xml --input images/ --output predictions/
 """
 
 from __future__ import annotations
+
+import sys
 
 
 def register() -> None:
@@ -15,7 +22,11 @@ def register() -> None:
 
 
 def main() -> None:
-    """Run Anomalib's CLI with the plugin registered."""
+    """Run ``infer``, or Anomalib's CLI with the plugin registered."""
+    if sys.argv[1:2] == ["infer"]:
+        from .deploy import main as infer
+
+        sys.exit(infer(sys.argv[2:]))
     register()
     from anomalib.cli.cli import main as anomalib_main
 

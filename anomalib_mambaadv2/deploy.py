@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Batch inference with an exported MambaADv2 model — OpenVINO or ONNX Runtime, no PyTorch needed.
+
+The exported graph (``anomalib export`` / ``engine.export``) contains Anomalib's pre-processing (resize +
+normalisation), the network and the post-processing (score normalisation and thresholds), so the runtime only needs
+RGB pixels in [0, 1] at the export size. Normalised scores are in [0, 1] and 0.5 is the decision threshold.
+
+Command line::
+
+    anomalib-mambaadv2 infer --model results/.../openvino/model.xml --input images/ --output predictions/
+    python -m anomalib_mambaadv2.deploy --model model.onnx --input images/ --output predictions/
+
+writes ``predictions/predictions.csv`` (path, score, label) and one heatmap overlay PNG per image. An unreadable
+image is reported by name and skipped; the command exits with status 1 at the end if any image failed. Existing
+outputs are never overwritten unless ``--overwrite`` is given.
+
+Python::
+
+    from anomalib_mambaadv2.deploy import ExportedModel
+    model = ExportedModel("model.xml")                  # or "model.onnx"
+    result = model.predict(rgb_uint8_array)             # {"score": float, "label": bool, "anomaly_map": HxW}
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+CSV_NAME = "predictions.csv"
+OVERLAY_DIR = "overlays"
+
+
+class ExportedModel:
+    """An exported MambaADv2 (or any Anomalib image model) run with OpenVINO (``.xml``) or ONNX Runtime (``.onnx``).
+
+    Args:
+        path: ``model.xml`` (OpenVINO IR) or ``model.onnx``.
+        device: OpenVINO device (``"CPU"``, ``"GPU"``, …); ignored for ONNX.
+        precision: OpenVINO inference precision hint: ``"f32"`` (exact), ``"bf16"``/``"f16"`` (faster where the
+            hardware supports it), or None for OpenVINO's default (bf16 on CPUs that support it).
+    """
+
+    def __init__(self, path: str | Path, device: str = "CPU", precision: str | None = "f32") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            msg = f"Exported model {self.path} not found (expected model.xml or model.onnx from `anomalib export`)."
+            raise FileNotFoundError(msg)
+        if self.path.suffix == ".xml":
+            import openvino as ov
+
+            config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+            compiled = ov.Core().compile_model(str(self.path), device, config)
+            self._outputs = [o.get_any_name() for o in compiled.outputs]
+            shape = compiled.inputs[0].get_partial_shape()
+            self._run = lambda x: [np.asarray(v) for v in compiled(x).values()]
+        elif self.path.suffix == ".onnx":
+            import onnxruntime as ort
+
+            session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self._outputs = [o.name for o in session.get_outputs()]
+            shape = session.get_inputs()[0].shape
+            name = session.get_inputs()[0].name
+            self._run = lambda x: session.run(None, {name: x})
+        else:
+            msg = f"Unsupported model file {self.path.name}: use the exported model.xml (OpenVINO) or model.onnx."
+            raise ValueError(msg)
+        dims = [d.get_length() if hasattr(d, "is_static") and d.is_static else d for d in shape]
+        h, w = dims[-2], dims[-1]
+        if not (isinstance(h, int) and isinstance(w, int)):
+            msg = f"{self.path.name} has a dynamic input size {dims}; export it with a fixed input size."
+            raise ValueError(msg)
+        self.input_size = (h, w)
+
+    def preprocess(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        """RGB image (H×W×3 uint8 array or PIL image, any size) → (1, 3, h, w) float32 in [0, 1] at the export size."""
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+        pil = pil.convert("RGB").resize(self.input_size[::-1], Image.BILINEAR)
+        return (np.asarray(pil, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
+
+    def predict(self, image: np.ndarray | Image.Image) -> dict:
+        """Score one image: ``{"score": float, "label": bool, "anomaly_map": (h, w) float32}``."""
+        out = dict(zip(self._outputs, self._run(self.preprocess(image)), strict=True))
+        score = float(np.asarray(out["pred_score"]).reshape(-1)[0])
+        label = bool(np.asarray(out["pred_label"]).reshape(-1)[0]) if "pred_label" in out else score >= 0.5
+        return {"score": score, "label": label, "anomaly_map": np.asarray(out["anomaly_map"], np.float32)[0, 0]}
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Jet colour map of values in [0, 1] → uint8 RGB."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(4 * v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (rgb * 255).astype(np.uint8)
+
+
+def overlay(image: Image.Image, anomaly_map: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Blend a heatmap of ``anomaly_map`` (normalised scores, 0.5 = threshold) over ``image``."""
+    heat = Image.fromarray(_jet(anomaly_map)).resize(image.size, Image.BILINEAR)
+    return Image.blend(image.convert("RGB"), heat, alpha)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def run(model: ExportedModel, inputs: Sequence[Path], root: Path, output: Path, progress: bool = True) -> list[str]:
+    """Predict every image, write the CSV and overlays; return the failures as messages."""
+    from tqdm import tqdm
+
+    (output / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+    failures = []
+    with (output / CSV_NAME).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "score", "label"])
+        for path in tqdm(inputs, desc="Predicting", unit="img", disable=not progress):
+            try:
+                with Image.open(path) as img:
+                    image = img.convert("RGB")
+            except (UnidentifiedImageError, OSError, ValueError) as err:
+                failures.append(f"{path}: cannot read image ({err})")
+                print(f"error: {path}: cannot read image ({err}); skipped", file=sys.stderr)
+                continue
+            result = model.predict(image)
+            rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            writer.writerow([str(rel), f"{result['score']:.6f}", "anomalous" if result["label"] else "normal"])
+            target = output / OVERLAY_DIR / rel.with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            overlay(image, result["anomaly_map"]).save(target)
+    return failures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="anomalib-mambaadv2 infer", description="Batch inference with an exported model (OpenVINO or ONNX)."
+    )
+    parser.add_argument("--model", required=True, type=Path, help="exported model.xml (OpenVINO) or model.onnx")
+    parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, type=Path, help="folder for predictions.csv and overlays/")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--precision", default="f32", help="OpenVINO precision hint: f32 (default), bf16, f16, auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    if not args.input.exists():
+        parser.error(f"input {args.input} does not exist")
+    inputs = [args.input] if args.input.is_file() else list_images(args.input)
+    if not inputs:
+        parser.error(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {args.input}")
+    existing = [p for p in (args.output / CSV_NAME, args.output / OVERLAY_DIR) if p.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"{', '.join(map(str, existing))} already exist; pass --overwrite to replace them")
+    model = ExportedModel(
+        args.model, device=args.device, precision=None if args.precision == "auto" else args.precision
+    )
+    root = args.input if args.input.is_dir() else args.input.parent
+    failures = run(model, inputs, root, args.output, progress=not args.no_progress)
+    done = len(inputs) - len(failures)
+    print(f"{done} of {len(inputs)} images predicted; results in {args.output / CSV_NAME}")
+    if failures:
+        print(f"{len(failures)} image(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
