@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CSV_NAME = "predictions.csv"
+FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 OVERLAY_DIR = "overlays"
 
 
@@ -57,7 +58,10 @@ class ExportedModel:
 
             config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
             compiled = ov.Core().compile_model(str(self.path), device, config)
-            self._outputs = [o.get_any_name() for o in compiled.outputs]
+            # an output can carry several tensor names (e.g. "amax" and "pred_score"); prefer Anomalib's field names
+            self._outputs = [
+                next((n for n in sorted(o.get_names()) if n in FIELDS), o.get_any_name()) for o in compiled.outputs
+            ]
             shape = compiled.inputs[0].get_partial_shape()
             self._run = lambda x: [np.asarray(v) for v in compiled(x).values()]
         elif self.path.suffix == ".onnx":
