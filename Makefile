@@ -1,11 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-# Two entry points: `make test` (set-up + lint + tests).
+# Entry points: `make test` (set-up + lint + tests), `make demo` (the main job on the embedded data, results/demo).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint
+.PHONY: install test lint demo
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,8 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+# Train, test, export and check MambaADv2 on the embedded texture data; writes results/demo/report.md.
+# Refuses to replace a finished run: DEMO_ARGS=--overwrite (or --out elsewhere).
+demo: install
+	$(PY) -m anomalib_mambaadv2.demo $(DEMO_ARGS)
