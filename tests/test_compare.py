@@ -1,0 +1,207 @@
+# SPDX-License-Identifier: Apache-2.0
+"""benchmarks/compare.py: the head-to-head benchmark and its ablation mode at a tiny size, and its fairness rules."""
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare.py"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_metrics(row: dict, metrics) -> None:
+    for metric in metrics:
+        value = float(row[metric])
+        assert math.isfinite(value) and 0.0 <= value <= 1.0, (row["category"], metric, value)
+
+
+def test_presets_and_options(compare):
+    _, args = compare.parse_args([])
+    assert compare.resolve_settings(args) == compare.EMBEDDED
+    _, args = compare.parse_args(["--mvtec", "somewhere", "--epochs", "3"])
+    real = compare.resolve_settings(args)
+    assert (real.image_size, real.depths, real.epochs) == (256, (3, 4, 6, 3), 3)
+    _, args = compare.parse_args(["--tiny", "--image-size", "96", "--seed", "4"])
+    tiny = compare.resolve_settings(args)
+    assert (tiny.image_size, tiny.seed, tiny.epochs) == (96, 4, compare.TINY.epochs)
+    with pytest.raises(SystemExit):
+        compare.main(["--image-size", "100", "--out", "unused"])
+    with pytest.raises(SystemExit):
+        compare.main(["--models", "mambaadv2,unknown", "--out", "unused"])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--mvtec", "a", "--visa", "b"])  # one data source at a time
+
+
+def test_existing_results_are_never_overwritten(compare, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "compare.csv").write_text("an earlier run\n")
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--tiny", "--root", str(tmp_path / "data"), "--out", str(out)])
+    assert info.value.code == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "compare.csv").read_text() == "an earlier run\n"
+    assert not (tmp_path / "data").exists()  # refused before doing anything
+    with pytest.raises(compare.CompareOutputExistsError):
+        compare.claim_output(out, "compare.csv", overwrite=False)
+    assert compare.claim_output(out, "compare.csv", overwrite=True) == out / "compare.csv"
+    assert compare.claim_output(out, "ablation.csv", overwrite=False) == out / "ablation.csv"  # the other mode's file
+
+
+def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_mambaadv2.demo import SoftPostProcessor
+    from anomalib_mambaadv2.per_category import PerCategoryMetrics
+
+    spec = compare.encoder_spec(compare.DEFAULT_BACKBONE, "none", None)
+    assert spec.layers == ("blocks.1", "blocks.2", "blocks.4")
+    assert spec.mean == spec.std == (0.5, 0.5, 0.5)  # the TF-trained Lite0 weights expect [-1, 1]
+    assert compare.encoder_spec(compare.DEFAULT_BACKBONE, "auto", None).weights == compare.DEFAULT_WEIGHTS
+    assert compare.encoder_spec("resnet18", "auto", None).layers == ("layer1", "layer2", "layer3")
+    settings = compare.TINY
+    reference = compare.reference_encoder(spec)
+    state = reference.feature_extractor.state_dict()
+    images = torch.rand(2, 3, settings.image_size, settings.image_size)
+    with torch.no_grad():
+        expected = [f.clone() for f in reference(images)]
+    for name, build in compare.BUILDERS.items():
+        built = build(spec, settings)
+        built.encoder.load_state_dict(state, strict=True)
+        assert compare.tensor_fingerprint(built.encoder.state_dict()) == compare.tensor_fingerprint(state)
+        assert compare.encoder_difference(built.encoder, images, expected) == 0.0, name
+        module = compare.add_per_category_metrics(built.module)
+        callbacks = module.configure_callbacks()
+        kinds = [type(c) for c in callbacks]
+        assert kinds.count(PerCategoryMetrics) == 1, name
+        post = next(i for i, c in enumerate(callbacks) if isinstance(c, PostProcessor))
+        assert isinstance(callbacks[post], SoftPostProcessor)
+        assert post < kinds.index(PerCategoryMetrics), f"{name}: per-category metrics must see normalised outputs"
+        total, trainable = compare.count_params(module, name)
+        assert total > trainable >= 0
+        assert (trainable == 0) == (name == "Patchcore")
+    # Reverse Distillation with the Lite0 encoder: zero-padded features for Anomalib's resnet18 decoder
+    rd = compare.build_rd(spec, settings).module.model.eval()
+    feats = rd.encoder(images)
+    assert [f.shape[1] for f in feats.values()] == [64, 128, 256]
+    assert all(torch.all(f[:, c:] == 0) for f, c in zip(feats.values(), (24, 40, 112), strict=True))
+    assert rd(images).anomaly_map.shape == (2, 1, settings.image_size, settings.image_size)
+
+
+@pytest.mark.slow
+def test_compare_tiny_multiclass(compare, tmp_path, keep_threads):
+    out = tmp_path / "out"
+    argv = ["--tiny", "--root", str(tmp_path / "data"), "--out", str(out), "--categories", "brick", "grass"]
+    result = compare.main(argv)
+
+    rows = read_rows(out / "compare.csv")
+    assert len(rows) == len(result["rows"]) == 3 * 3  # three models × (two categories + mean)
+    assert {(r["model"], r["category"]) for r in rows} == {
+        (m, c) for m in ("MambaADv2", "Patchcore", "ReverseDistillation") for c in ("brick", "grass", "mean")
+    }
+    for row in rows:
+        check_metrics(row, compare.METRICS)
+        for column in ("train_s", "test_s", "latency_ms", "peak_rss_mb", "params_m", "gmacs"):
+            assert float(row[column]) > 0, (row["model"], column)
+        assert float(row["encoder_diff"]) == 0.0
+    assert len({r["encoder"] for r in rows}) == 1, "every model must have the same encoder weights"
+    assert len({r["split"] for r in rows}) == 1, "every model must see the same split"
+    for model in ("MambaADv2", "Patchcore", "ReverseDistillation"):  # mean row = mean of the category rows
+        mine = {r["category"]: float(r["pixel_AUROC"]) for r in rows if r["model"] == model}
+        assert mine["mean"] == pytest.approx((mine["brick"] + mine["grass"]) / 2, abs=1e-5)
+
+    text = (out / "compare.md").read_text(encoding="utf-8")
+    assert "python benchmarks/compare.py --tiny" in text and "--categories brick grass" in text
+    assert "logical cores" in text and "torch" in text
+    assert "all equal to the reference" in text and "identical for all models" in text
+    assert "zero-padded 24→64 / 40→128 / 112→256" in text
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(SystemExit) as info:  # a second run into the same folder is refused
+        compare.main(argv)
+    assert info.value.code != 0
+
+
+@pytest.mark.slow
+def test_compare_tiny_per_category_and_ablation(compare, tmp_path, keep_threads):
+    data = str(tmp_path / "data")
+    out = tmp_path / "per_category"
+    compare.main([
+        "--tiny", "--root", data, "--out", str(out), "--mode", "per-category", "--models", "patchcore,rd",
+        "--categories", "brick", "gravel",
+    ])  # fmt: skip
+    rows = read_rows(out / "compare.csv")
+    assert {(r["model"], r["category"]) for r in rows} == {
+        (m, c) for m in ("Patchcore", "ReverseDistillation") for c in ("brick", "gravel", "mean")
+    }
+    for row in rows:
+        check_metrics(row, compare.METRICS)
+        assert row["mode"] == "per-category"
+        # one category per model: its per-category row must equal the evaluator's own metrics
+        assert "differs" not in row["notes"], row["notes"]
+    assert all("memory bank" in r["notes"] for r in rows if r["model"] == "Patchcore" and r["category"] != "mean")
+
+    out = tmp_path / "ablation"
+    argv = [
+        "--tiny", "--ablation", "--variants", "default", "scan-8888", "--root", data, "--out", str(out),
+        "--categories", "brick",
+    ]  # fmt: skip
+    compare.main(argv)
+    rows = read_rows(out / "ablation.csv")
+    assert [(r["variant"], r["category"]) for r in rows] == [
+        ("default", "brick"), ("default", "mean"), ("scan-8888", "brick"), ("scan-8888", "mean"),
+    ]  # fmt: skip
+    for row in rows:
+        check_metrics(row, compare.ABLATION_METRICS)
+        for column in ("decoder_latency_ms", "decoder_gmacs", "model_gmacs", "train_s", "params_m"):
+            assert float(row[column]) > 0, (row["variant"], column)
+        assert float(row["decoder_gmacs"]) < float(row["model_gmacs"])
+    assert rows[2]["settings"] == "directions=(8, 8, 8, 8)"
+    text = (out / "ablation.md").read_text(encoding="utf-8")
+    assert "| scan-8888 |" in text and "--ablation" in text
+    with pytest.raises(SystemExit) as info:
+        compare.main(argv)
+    assert info.value.code != 0
+
+
+def test_compare_local_mvtec_root_with_a_resnet(compare, mvtec_root, tmp_path, keep_threads):
+    """``--mvtec`` with another encoder: Reverse Distillation uses its own resnet18 decoder, no padding."""
+    out = tmp_path / "out"
+    compare.main([
+        "--mvtec", str(mvtec_root), "--tiny", "--backbone", "resnet18", "--backbone-weights", "none",
+        "--models", "rd", "patchcore", "--out", str(out),
+    ])  # fmt: skip
+    rows = read_rows(out / "compare.csv")
+    assert {(r["model"], r["category"]) for r in rows} == {
+        (m, c) for m in ("ReverseDistillation", "Patchcore") for c in ("tiles", "mean")
+    }
+    for row in rows:
+        check_metrics(row, compare.METRICS)
+    assert len({r["encoder"] for r in rows}) == 1
+    text = (out / "compare.md").read_text(encoding="utf-8")
+    assert "`resnet18`, layers layer1, layer2, layer3" in text and "zero-padded" not in text
