@@ -89,7 +89,7 @@ class MambaADv2Model(nn.Module):
         rotation: bool = True,
         freq_branch: bool = True,
         drop_path_rate: float = 0.2,
-        chunk_size: int = 64,
+        chunk_size: int = 32,
         ssd_backend: str = "torch",
         sigma: float = 4.0,
     ) -> None:

@@ -3,7 +3,7 @@
 
 Usage::
 
-    cd /work/main && .venv/bin/python benchmarks/ssd_scan.py [--quick] [--batch 2] [--chunk 64] [--out PATH]
+    cd /work/main && .venv/bin/python benchmarks/ssd_scan.py [--quick] [--batch 2] [--chunk 32] [--out PATH]
 
 For each sequence length L in {256, 1024, 4096, 16384} the heads are those of the model stage with that length
 (inner width 2·C, head dim 32: L=256 → 16 heads, L=1024 → 8, L=4096 → 4) and L=16384 reuses 4 heads, so
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, L up to 4096")
     parser.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    parser.add_argument("--chunk", type=int, default=64, help="chunk size of the chunked scan (default 64)")
+    parser.add_argument("--chunk", type=int, default=32, help="chunk size (default 32, the model's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = parser.parse_args(argv)
 

@@ -139,19 +139,28 @@ def hss_reference(core: HSSCore, u: torch.Tensor) -> torch.Tensor:
     Cp = Cp / Cp.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() + core.C_bias
     lam = torch.sigmoid(trap.reshape(b, length, nh)) if core.use_trapezoid else None
     omega = math.pi * torch.tanh(ang.reshape(b, length, -1)) if core.npairs else None
+    if core.npairs:  # the core pairs state dims (i, S+i); ssd() takes adjacent pairs (2i, 2i+1)
+        s2 = core.npairs
+        order = torch.arange(Bp.shape[-1])
+        order[: 2 * s2] = torch.stack((torch.arange(s2), torch.arange(s2) + s2), -1).flatten()
+        Bp, Cp = Bp[..., order], Cp[..., order]
     perm, inv = scan_permutations(hh, ww, core.scan_curve)
     ys = []
     for k in core.directions:
         pk, ik = perm[k], inv[k]
-        yk = ssd(
-            x[:, pk], dt[:, pk], A[:, pk], Bp[:, pk], Cp[:, pk], None,
-            None if lam is None else lam[:, pk], None if omega is None else omega[:, pk],
-        )  # fmt: skip
+        xk, dtk, Bk, Ck = x[:, pk], dt[:, pk], Bp[:, pk], Cp[:, pk]
+        lamk = None if lam is None else lam[:, pk]
+        omk = None if omega is None else omega[:, pk]
+        yk = ssd(xk, dtk, A[:, pk], Bk, Ck, None, lamk, omk)
+        if core.gain is not None:  # matrix path: same B̃, C̃ and discretised input s ⊙ x as this direction's scan
+            s_k = dtk.clone()  # s_t = λ_t Δ_t + (1 − λ_{t+1}) Δ_{t+1}
+            if lamk is not None:
+                s_k = lamk * dtk
+                s_k[:, :-1] += ((1 - lamk) * dtk)[:, 1:]
+            Bm, Cm = position_aware_bc(Bk, Ck, dtk, omk)
+            yk = yk + core.gain[:, None] * global_matrix_mix(xk * s_k.unsqueeze(-1), Bm, Cm)
         ys.append(yk[:, ik])
     y = torch.stack(ys).mean(0)
-    if core.gain is not None:
-        Bm, Cm = position_aware_bc(Bp, Cp, dt, omega)
-        y = y + core.gain[:, None] * global_matrix_mix(x * dt.unsqueeze(-1), Bm, Cm)
     y = y + core.D[:, None] * x
     y = core.out_norm(y.reshape(b, hh, ww, -1)) * F.silu(z)
     return core.out_proj(y)

@@ -5,31 +5,53 @@
 (see ``shared/DESIGN.md`` §4):
 
 1. one Linear projects u to ``[z, x, B, C, dt, a, trap, angles]``; x passes a 3×3 depthwise conv + SiLU on the grid;
-2. recurrence path (local continuity): for each scan direction, tokens are permuted into scan order, the
-   position-aware trapezoidal SSD runs (:func:`~anomalib_mambaadv2.components.ssd.ssd`), and the result is put back
-   in raster order; directions are averaged. All directions run as one batched call;
-3. matrix path (global contextual comparison): ``(1/L) C̃ (B̃ᵀ Δx)`` — every token compared with every other, in
+2. recurrence path (local continuity): for each scan direction, tokens are permuted into scan order and the
+   position-aware trapezoidal SSD runs (:func:`~anomalib_mambaadv2.components.ssd.ssd_sequences`); every
+   (image, head, direction) is one sequence, so all directions run as one batched call;
+3. matrix path (global contextual comparison): the dual form of the same discretised SSM with an all-ones mask,
+   ``(1/L) C̃ (B̃ᵀ x̄)`` with each direction's position encoding — every token compared with every other, in
    O(L·N·P);
-4. fusion ``y = y_R + g ⊙ y_M + D ⊙ x`` and ``out_proj(LayerNorm(y) ⊙ SiLU(z))``.
+4. results back in raster order, averaged over directions: ``y = mean_k(y_R + g ⊙ y_M) + D ⊙ x``, then
+   ``out_proj(LayerNorm(y) ⊙ SiLU(z))``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .scanning import scan_permutations
-from .ssd import Backend, global_matrix_mix, position_aware_bc, ssd
+from .ssd import Backend, ssd_sequences
 
 
 def _headdim(d_inner: int, preferred: int) -> int:
     """Largest head dim <= ``preferred`` that divides ``d_inner`` (so any encoder width works)."""
     return max(p for p in range(1, min(preferred, d_inner) + 1) if d_inner % p == 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _scan_indices(hh: int, ww: int, curve: str, directions: tuple[int, ...], nh: int) -> tuple[np.ndarray, ...]:
+    """Gather indices of one HSS block's scan (pure function of its arguments, so caching it is safe).
+
+    Returns:
+        ``tokens`` (K·L,): raster token of each scan step, direction-major; ``into`` (heads·K·L,): row of a
+        (L·heads, ·) raster tensor for each (head, direction, step), so one gather yields the per-sequence layout;
+        ``back`` (K·L·heads,): row of the (heads·K·L, ·) sequence output for each (direction, raster token, head).
+    """
+    perm, inv = scan_permutations(hh, ww, curve)
+    perm, inv = perm[list(directions)].numpy(), inv[list(directions)].numpy()  # (K, L)
+    k, length = perm.shape
+    heads = np.arange(nh)
+    into = perm[None] * nh + heads[:, None, None]  # (heads, K, L)
+    back = heads[None, None] * (k * length) + (inv + np.arange(k)[:, None] * length)[..., None]  # (K, L, heads)
+    return perm.reshape(-1), into.reshape(-1), back.reshape(-1)
 
 
 def _rms_norm(v: Tensor, eps: float = 1e-6) -> Tensor:
@@ -64,7 +86,7 @@ class HSSCore(nn.Module):
         trapezoid: bool = True,
         rotation: bool = True,
         scan_curve: str = "auto",
-        chunk_size: int = 64,
+        chunk_size: int = 32,
         ssd_backend: Backend = "torch",
     ) -> None:
         super().__init__()
@@ -75,7 +97,9 @@ class HSSCore(nn.Module):
         self.headdim = _headdim(self.d_inner, headdim)
         self.nheads = self.d_inner // self.headdim
         self.d_state = d_state
-        self.npairs = d_state // 4 if rotation else 0  # rotate half of the state dims, in pairs
+        # rotate half of the state dims, in pairs; the pairs are dims (i, npairs + i) of the projected B and C
+        # (ssd_sequences' layout, a relabelling of the projection's rows, equivalent to adjacent pairs)
+        self.npairs = d_state // 4 if rotation else 0
         self.directions = list(directions)
         self.use_matrix, self.use_trapezoid = matrix_path, trapezoid
         self.scan_curve, self.chunk_size, self.ssd_backend = scan_curve, chunk_size, ssd_backend
@@ -99,46 +123,52 @@ class HSSCore(nn.Module):
             with torch.no_grad():
                 self.in_proj.weight[-self.npairs :].mul_(1e-2)
 
-    def _scan_index(self, hh: int, ww: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Flattened gather indices for all directions at once: (K·L,) into (L,) and back from (K·L,)."""
-        perm, inv = scan_permutations(hh, ww, self.scan_curve)
-        k, length = len(self.directions), hh * ww
-        perm, inv = perm[self.directions], inv[self.directions]  # (K, L)
-        inv = inv + torch.arange(k).unsqueeze(1) * length  # index into the K·L stacked sequences
-        return perm.flatten().to(device), inv.flatten().to(device)
+    def _scan_index(self, hh: int, ww: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Gather indices for all directions at once (see :func:`_scan_indices`); constants to the export tracer."""
+        idx = _scan_indices(hh, ww, self.scan_curve, tuple(self.directions), self.nheads)
+        return tuple(torch.from_numpy(i).to(device) for i in idx)
 
     def forward(self, u: Tensor) -> Tensor:
         """Mix a channels-last grid (B, H, W, dim) → (B, H, W, dim)."""
         b, hh, ww, _ = u.shape
-        length, k, nh, p = hh * ww, len(self.directions), self.nheads, self.headdim
+        length, k, nh, p, di = hh * ww, len(self.directions), self.nheads, self.headdim, self.d_inner
+        s = b * nh * k  # independent sequences, ordered (image, head, direction)
         z, x, Bp, Cp, dt, a, trap, ang = torch.split(self.in_proj(u), self.splits, dim=-1)
-        x = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)  # image locality (MambaAD's conv)
+        # image locality (MambaAD's 3×3 depthwise conv), kept channels-last so rows of P channels stay contiguous
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        x = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(b, length * nh, p)
 
-        x = x.reshape(b, length, nh, p)
-        dt = F.softplus(dt.reshape(b, length, nh) + self.dt_bias)  # Δ = softplus(dt + dt_bias)
-        A = -F.softplus(a.reshape(b, length, nh) + self.a_bias).clamp_min(1e-4)  # A = −max(f(a), 1e-4)
-        Bp = _rms_norm(Bp.reshape(b, length, 1, -1)) + self.B_bias  # (b, l, heads, n)
-        Cp = _rms_norm(Cp.reshape(b, length, 1, -1)) + self.C_bias
-        lam = torch.sigmoid(trap.reshape(b, length, nh)) if self.use_trapezoid else None  # λ
-        omega = math.pi * torch.tanh(ang.reshape(b, length, -1)) if self.npairs else None  # ω = π tanh(angles)
+        # Per-token quantities on the L grid tokens, before the K directions multiply them.
+        dt = F.softplus(dt + self.dt_bias)  # Δ = softplus(dt + dt_bias)
+        A = -F.softplus(a + self.a_bias).clamp_min(1e-4)  # A = −max(f(a), 1e-4)
+        per_head = [dt, A, torch.sigmoid(trap)] if self.use_trapezoid else [dt, A]  # λ = sigmoid(trap)
+        shared = [_rms_norm(Bp), _rms_norm(Cp)]
+        if self.npairs:
+            shared.append(math.pi * torch.tanh(ang))  # ω = π tanh(angles)
 
-        # Recurrence path: the K directions stacked into the batch, one SSD call.
-        perm, inv = self._scan_index(hh, ww, u.device)
+        # Scan order by gathers: rows of the raster tensors → (image, head, direction) sequences.
+        tokens, into, back = self._scan_index(hh, ww, u.device)
+        seq = torch.stack(per_head, -1).reshape(b, length * nh, -1).index_select(1, into).reshape(s, length, -1)
+        sh = torch.cat(shared, -1).reshape(b, length, -1).index_select(1, tokens)  # (b, K·L, 2N (+pairs))
+        n = self.d_state
+        Bs = (sh[:, None, :, :n] + self.B_bias[None, :, None]).reshape(s, length, n)  # per-head bias
+        Cs = (sh[:, None, :, n : 2 * n] + self.C_bias[None, :, None]).reshape(s, length, n)
+        omega = None
+        if self.npairs:
+            omega = sh[:, None, :, 2 * n :].expand(b, nh, k * length, self.npairs).reshape(s, length, self.npairs)
 
-        def scan(t: Tensor | None) -> Tensor | None:  # (b, l, ...) → (b·K, l, ...) in scan order
-            return None if t is None else t[:, perm].reshape(b * k, length, *t.shape[2:])
+        def per_seq(v: Tensor) -> Tensor:  # (heads,) → (S,)
+            return v[None, :, None].expand(b, nh, k).reshape(s)
 
-        y = ssd(
-            scan(x), scan(dt), scan(A), scan(Bp), scan(Cp), None, scan(lam), scan(omega),
+        y = ssd_sequences(
+            x.index_select(1, into).reshape(s, length, p), seq[..., 0], seq[..., 1], Bs, Cs, per_seq(self.D),
+            seq[..., 2] if self.use_trapezoid else None, omega,
+            matrix_gain=None if self.gain is None else per_seq(self.gain),
             chunk_size=self.chunk_size, backend=self.ssd_backend,
         )  # fmt: skip
-        y = y.reshape(b, k * length, nh, p)[:, inv].reshape(b, k, length, nh, p).mean(1)
-
-        if self.gain is not None:  # matrix path, with θ along raster order
-            Bm, Cm = position_aware_bc(Bp, Cp, dt, omega)
-            y = y + self.gain[:, None] * global_matrix_mix(x * dt.unsqueeze(-1), Bm, Cm)
-        y = y + self.D[:, None] * x
-        y = self.out_norm(y.reshape(b, hh, ww, self.d_inner)) * F.silu(z)
+        # back to raster order, channels-last, averaged over the directions
+        y = y.reshape(b, nh * k * length, p).index_select(1, back).reshape(b, k, hh, ww, di).mean(1)
+        y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)
 
 
