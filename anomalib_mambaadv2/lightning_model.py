@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
 from .per_category import PerCategoryMetrics
+from .post_processor import SoftPostProcessor
 from .torch_model import MambaADv2Model
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class MambaADv2(AnomalibModule):
         weight_decay: AdamW weight decay (not applied to biases, norms, SSM scalars and filters).
         ssd_backend: ``"torch"`` (exportable, default), ``"auto"`` or ``"fused"`` (``mamba_ssm`` on NVIDIA GPUs).
         pre_processor: Pre-processor, or True for the default (resize to ``image_size`` + ImageNet normalisation).
-        post_processor: Post-processor or flag.
+        post_processor: Post-processor, or True for the default (:class:`SoftPostProcessor`: Anomalib's without the
+            clipping of normalised scores, which ties high scores and lowers AUROC).
         evaluator: Evaluator or flag (default: image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max/AUPRO).
         visualizer: Visualizer or flag.
     """
@@ -192,6 +194,16 @@ class MambaADv2(AnomalibModule):
     def learning_type(self) -> LearningType:
         """One-class (normal images only)."""
         return LearningType.ONE_CLASS
+
+    @classmethod
+    def configure_post_processor(cls) -> PostProcessor:
+        """Anomalib's post-processor with a strictly monotonic normalisation (see :class:`SoftPostProcessor`).
+
+        Anomalib's default clips normalised scores to [0, 1], so every test image above the validation maximum ties
+        at 1.0 and AUROC/AUPR come out below the model's own ranking. Pass ``post_processor=PostProcessor()`` for
+        Anomalib's behaviour.
+        """
+        return SoftPostProcessor()
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

@@ -36,9 +36,10 @@ What every model shares:
   builds its memory bank in one epoch), ``--batch-size``. Each model trains with its own optimiser recipe.
 * **pre-processing**: one :class:`~anomalib.pre_processing.PreProcessor` (resize + the encoder's normalisation from
   timm's pretrained config: mean = std = 0.5 for the TF-trained Lite0 weights).
-* **post-processing**: the demo's :class:`~anomalib_mambaadv2.demo.SoftPostProcessor` for all three. Anomalib's
-  default post-processor clips normalised scores at [0, 1], which ties every score above the validation maximum and
-  lowers AUROC/AUPR; the soft one is strictly monotonic, so the metrics equal those of the raw scores.
+* **post-processing**: :class:`~anomalib_mambaadv2.post_processor.SoftPostProcessor` (MambaADv2's default) for all
+  three. Anomalib's default post-processor clips normalised scores at [0, 1], which ties every score above the
+  validation maximum and lowers AUROC/AUPR; the soft one is strictly monotonic, so the metrics equal
+  those of the raw scores.
 * **metrics**: :meth:`MambaADv2.configure_evaluator` (image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max/AUPRO) is given
   to all three, and :class:`~anomalib_mambaadv2.per_category.PerCategoryMetrics` splits them per category (the mean
   row is the mean of the category rows). MambaADv2 returns that callback from ``configure_callbacks``; the peers get
@@ -423,7 +424,7 @@ def pre_processor(spec: EncoderSpec, size: int) -> Any:
 
 def _common_components(spec: EncoderSpec, settings: Settings) -> dict[str, Any]:
     from anomalib_mambaadv2 import MambaADv2
-    from anomalib_mambaadv2.demo import SoftPostProcessor
+    from anomalib_mambaadv2.post_processor import SoftPostProcessor
 
     return {
         "pre_processor": pre_processor(spec, settings.image_size),

@@ -76,8 +76,8 @@ def test_existing_results_are_never_overwritten(compare, tmp_path, capsys):
 def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
     from anomalib.post_processing import PostProcessor
 
-    from anomalib_mambaadv2.demo import SoftPostProcessor
     from anomalib_mambaadv2.per_category import PerCategoryMetrics
+    from anomalib_mambaadv2.post_processor import SoftPostProcessor
 
     spec = compare.encoder_spec(compare.DEFAULT_BACKBONE, "none", None)
     assert spec.layers == ("blocks.1", "blocks.2", "blocks.4")

@@ -169,3 +169,22 @@ def test_construction_does_not_download():
     model = MambaADv2(**{**SMALL, "pre_trained": True})  # weights are loaded when training starts
     assert time.monotonic() - start < 30
     assert model.pre_trained
+
+
+def test_default_post_processor_keeps_the_ranking(trained):
+    """The default post-processor normalises without clipping: test scores keep their order (no ties at 1.0)."""
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_mambaadv2.post_processor import SoftPostProcessor
+
+    model = trained[0]
+    assert isinstance(model.post_processor, SoftPostProcessor)
+    pp = model.post_processor
+    raw = torch.linspace(float(pp.image_min) - 1.0, float(pp.image_max) + 1.0, 50)
+    soft = pp._normalize(raw, pp.image_min, pp.image_max, pp.image_threshold)
+    assert torch.all(soft.diff() > 0) and soft.min() > 0 and soft.max() < 1
+    clipped = PostProcessor._normalize(raw, pp.image_min, pp.image_max, pp.image_threshold)
+    assert (clipped == 1.0).sum() > 1  # Anomalib's ties the top scores: what the default avoids
+    # Anomalib's own post-processor can still be chosen
+    other = MambaADv2(pre_trained=False, image_size=64, post_processor=PostProcessor())
+    assert type(other.post_processor) is PostProcessor
