@@ -205,10 +205,10 @@ def test_exports_to_onnx_runtime_and_openvino(tmp_path):
 
 
 def test_exclusive_segsum():
-    from anomalib_mambaadv2.components.ssd import _segsum
+    from anomalib_mambaadv2.components.ssd import _segsum_st
 
     a = -torch.rand(2, 7, dtype=torch.float64)
-    out = _segsum(a, exclusive=True)
+    out = _segsum_st(a, exclusive=True).transpose(-1, -2)  # [t, s]
     for t in range(7):
         for s in range(7):
             if s >= t:

@@ -218,3 +218,27 @@ def test_eval_path_exports_to_onnx_and_openvino(tmp_path):
     model.eval()
     diffs = export_and_compare(model, (torch.randn(2, 3, 64, 64),), tmp_path, atol=1e-4)
     assert set(diffs) == {"onnxruntime", "openvino"}
+
+
+def test_hss_batch_split_matches_whole_batch(monkeypatch):
+    """Eager mode mixes large batches a few images at a time; the result equals the whole batch at once."""
+    import anomalib_mambaadv2.components.hss as hss
+
+    torch.manual_seed(2)
+    core = HSSCore(16, directions=[0, 1, 4], d_state=8, headdim=8)
+    with torch.no_grad():
+        core.in_proj.weight[-core.npairs :].normal_()
+    u = torch.randn(5, 8, 8, 16)
+    monkeypatch.setattr(hss, "_WORKING_SET", 1 << 40)
+    whole = core(u)
+    monkeypatch.setattr(hss, "_WORKING_SET", 3 * 64 * 32 * 2)  # two images per call: groups of 2, 2, 1
+    torch.testing.assert_close(core(u), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_hss_traces_before_any_eager_call():
+    """Scan indices first built while torch.export traces must not be FakeTensors (nor be cached as such)."""
+    torch.manual_seed(3)
+    core = HSSCore(24, directions=[3, 6], d_state=8, headdim=12).eval()  # a grid/heads combination no other test uses
+    u = torch.randn(1, 7, 13, 24)
+    exported = torch.export.export(core, (u,))
+    torch.testing.assert_close(exported.module()(u), core(u), rtol=1e-5, atol=1e-6)

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_curve",
     "saps_directions",
     "scan_permutations",
+    "scan_permutations_numpy",
     "snake_curve",
 ]
 
@@ -247,6 +248,11 @@ def _cached_permutations(h: int, w: int, curve: str) -> tuple[np.ndarray, np.nda
     inv = np.argsort(perm, axis=1)
     perm.flags.writeable = inv.flags.writeable = False
     return perm, inv
+
+
+def scan_permutations_numpy(h: int, w: int, curve: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_permutations` as the cached, read-only NumPy arrays (safe to use while an exporter traces)."""
+    return _cached_permutations(h, w, resolve_curve(h, w, curve))
 
 
 def scan_permutations(h: int, w: int, curve: str = "auto") -> tuple[Tensor, Tensor]:

@@ -109,23 +109,25 @@ def _check_inputs(
 def segsum(a: Tensor) -> Tensor:
     """Stable segment sum: ``out[..., t, s] = Σ_{r=s+1..t} a[..., r]`` for ``s <= t``, ``-inf`` above the diagonal.
 
-    Each entry sums exactly its own terms (a masked matrix product ``1[r<=t] · a_r · 1[s<r]``, the other terms
-    multiplied by exact zeros), never ``cumsum[t] - cumsum[s]``, which loses precision when the cumulative log-decay
-    grows large. As a matrix product it is also several times faster on CPU than a cumsum over a masked matrix.
+    Built as a cumulative sum over a masked, repeated matrix rather than ``cumsum[t] - cumsum[s]``, which loses
+    precision when the cumulative log-decay grows large.
     """
-    return _segsum(a, exclusive=False)
+    return _segsum_st(a, exclusive=False).transpose(-1, -2)
 
 
-def _segsum(a: Tensor, exclusive: bool) -> Tensor:
-    """:func:`segsum`; ``exclusive=True`` gives ``Σ_{r=s+1..t-1} a_r`` for ``s < t`` (-inf for ``s >= t``)."""
+def _segsum_st(a: Tensor, exclusive: bool) -> Tensor:
+    """:func:`segsum` laid out ``[..., s, t]`` (source, target), so the cumulative sum runs along the contiguous dim.
+
+    ``exclusive=True`` gives ``Σ_{r=s+1..t-1} a_r`` for ``s < t`` and ``-inf`` for ``t <= s``.
+    """
     q = a.shape[-1]
-    ones = torch.ones(q, q, dtype=a.dtype, device=a.device)
-    upto = torch.tril(ones, diagonal=-1 if exclusive else 0)  # [t, r] = 1 for r <= t (r < t if exclusive)
-    strict = torch.tril(ones, diagonal=-1)  # [r, s] = 1 for s < r
-    above = torch.zeros_like(ones).masked_fill(upto == 0, -torch.inf)
-    terms = (a.unsqueeze(-1) * strict).reshape(-1, q, q)  # [r, s] = a_r for s < r
-    out = torch.baddbmm(above, upto.expand(terms.shape[0], q, q), terms)  # the masked sums, -inf above
-    return out.reshape(*a.shape, q)
+    ones = torch.ones(q, q, dtype=torch.bool, device=a.device)
+    if exclusive:  # shift by one token: Σ_{r=s+1..t-1} a_r = Σ_{r'=s+2..t} a_{r'-1}
+        a = torch.cat((torch.zeros_like(a[..., :1]), a[..., :-1]), dim=-1)
+    start = 2 if exclusive else 1
+    terms = a.unsqueeze(-2).masked_fill(~torch.triu(ones, start), 0.0)  # [s, t] = a_t for t >= s + start
+    out = torch.cumsum(terms, dim=-1)  # Σ_{s+start<=r<=t} a_r
+    return out.masked_fill(~torch.triu(ones, start - 1), -torch.inf)
 
 
 def rotate_pairs(v: Tensor, theta: Tensor) -> Tensor:
@@ -234,21 +236,22 @@ def _chunked_scan(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     a_cum = torch.cumsum(a, dim=-1)
 
     # 1. within each chunk: the quadratic masked form (L ∘ C Bᵀ) x
-    decay = torch.exp(segsum(a)).reshape(S * nc, q, q)  # L_ts = exp(Σ_{r=s+1..t} a_r), 0 for s > t
-    scores = torch.bmm(C, B.transpose(1, 2))  # C_t·B_s
+    #    (matrices laid out [s, t], source by target, so the segment sums run along the contiguous dim)
+    decay = torch.exp(_segsum_st(a, exclusive=False)).reshape(S * nc, q, q)  # exp(Σ_{r=s+1..t} a_r), 0 for t < s
+    scores = torch.bmm(B, C.transpose(1, 2))  # B_s·C_t
     cb = scores.diagonal(dim1=1, dim2=2)  # C_t·B_t (the mask is 1 there)
-    y = torch.bmm(scores * decay, x)
+    y = torch.bmm((scores * decay).transpose(1, 2), x)
 
-    # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) B_sᵀ x_s (the decay matrix's last row). Scaling Bᵀ
+    # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) B_sᵀ x_s (the decay matrix's last column). Scaling Bᵀ
     #    (a row vector broadcast along the contiguous dim) is several times faster on CPU than scaling B.
-    states = torch.bmm(B.transpose(1, 2) * decay[:, -1:, :], x).reshape(S, nc, n * p)
+    states = torch.bmm(B.transpose(1, 2) * decay[:, None, :, -1], x).reshape(S, nc, n * p)
 
     # 3. recurrence over chunk states H_c = exp(A_{c-1}) H_{c-1} + S_{c-1}: its matrix form while the chunks fit in
     #    one chunk, else the same chunked routine on the state sequence (B = C = 1), which keeps the cost linear in L
     a_chunk = a_cum[..., -1]  # (S, c): total log-decay of each chunk
     if nc <= q or q < 2:
-        chunk_decay = torch.exp(_segsum(a_chunk, exclusive=True))  # [z, c] = exp(Σ_{r=c+1..z-1} a_r), c < z
-        h_in = torch.bmm(chunk_decay, states)  # state entering chunk z: Σ_{c<z} decay · S_c
+        chunk_decay = torch.exp(_segsum_st(a_chunk, exclusive=True))  # [c, z] = exp(Σ_{r=c+1..z-1} a_r), c < z
+        h_in = torch.bmm(chunk_decay.transpose(1, 2), states)  # state entering chunk z: Σ_{c<z} decay · S_c
     else:
         ones = states.new_ones(S, nc, 1)
         summed, _ = _chunked_scan(states, a_chunk, ones, ones, q)  # state leaving each chunk
