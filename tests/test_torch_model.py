@@ -235,10 +235,17 @@ def test_hss_batch_split_matches_whole_batch(monkeypatch):
     torch.testing.assert_close(core(u), whole, rtol=1e-5, atol=1e-6)
 
 
-def test_hss_traces_before_any_eager_call():
+def test_hss_traces_before_any_eager_call(monkeypatch):
     """Scan indices first built while torch.export traces must not be FakeTensors (nor be cached as such)."""
+    import anomalib_mambaadv2.components.hss as hss
+
     torch.manual_seed(3)
     core = HSSCore(24, directions=[3, 6], d_state=8, headdim=12).eval()  # a grid/heads combination no other test uses
-    u = torch.randn(1, 7, 13, 24)
-    exported = torch.export.export(core, (u,))
+    # eager mode would mix two images per call: a size test that export must not see (it would fix the batch)
+    monkeypatch.setattr(hss, "_WORKING_SET", 2 * len(core.directions) * 7 * 13 * core.d_inner)
+    u = torch.randn(2, 7, 13, 24)
+    # the batch stays dynamic (Anomalib exports with a dynamic batch axis): nothing may branch on its size
+    exported = torch.export.export(core, (u,), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
     torch.testing.assert_close(exported.module()(u), core(u), rtol=1e-5, atol=1e-6)
+    u3 = torch.randn(3, 7, 13, 24)
+    torch.testing.assert_close(exported.module()(u3), core(u3), rtol=1e-5, atol=1e-6)
