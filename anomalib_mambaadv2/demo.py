@@ -112,12 +112,12 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-"""Defaults of ``make demo``: about 6 minutes on 2 free CPU cores (20 epochs ≈ 4 minutes, export ≈ 75 s).
+"""Defaults of ``make demo``: about 4 minutes on 2 free CPU cores (20 epochs ≈ 3 minutes, export ≈ 1 minute).
 
-Measured on the embedded data (seed 0, score quality per category in ``results/demo/report.md``): 128 px and 20
-epochs give mean image AUROC 0.92 and pixel AUROC 0.98; 6 epochs give the same image AUROC (0.92) and pixel AUROC
-0.974; 160 px / 10 epochs (0.86 / 0.97) and 256 px / 4 epochs (0.85 / 0.95) are worse (grass degrades at the larger
-sizes). Gravel limits the image AUROC (0.87).
+Measured on the embedded data (seed 0, score quality per category in ``results/demo/report.md``): mean image AUROC
+0.925 and pixel AUROC 0.977 (gravel limits the image AUROC: 0.87). Tried without a clear gain: 120 training images
+per category (0.931, twice the training time), 40 epochs (0.906), 10 epochs (0.912), the cosine loss (0.904);
+160 px / 10 epochs and 256 px / 4 epochs were worse with the previous model.
 """
 TINY = DemoSettings(
     image_size=64, epochs=1, n_train=6, n_test_good=2, n_test_defect=4, batch_size=6, depths=(1, 1, 1, 1)
