@@ -28,7 +28,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from .scanning import scan_permutations_numpy
-from .ssd import Backend, ssd_sequences
+from .ssd import Backend, is_tracing, ssd_sequences
 
 
 def _headdim(d_inner: int, preferred: int) -> int:
@@ -139,7 +139,7 @@ class HSSCore(nn.Module):
         then stay in the CPU caches, which made batch 8 at 256 px about 1.5× faster per image here. Traced graphs
         (export) take the whole batch at once, so the batch size stays dynamic.
         """
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: a test on a symbolic batch would fix it
+        if is_tracing():  # first: a test on a symbolic batch size would fix the exported batch
             return self._mix(u)
         group = max(1, _WORKING_SET // (len(self.directions) * u.shape[1] * u.shape[2] * self.d_inner))
         if u.shape[0] > group:

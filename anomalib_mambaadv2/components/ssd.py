@@ -32,6 +32,7 @@ Backend = Literal["auto", "torch", "fused"]
 __all__ = [
     "fused_available",
     "global_matrix_mix",
+    "is_tracing",
     "position_aware_bc",
     "rotate_pairs",
     "segsum",
@@ -45,7 +46,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------------------------------
-def _is_tracing() -> bool:
+def is_tracing() -> bool:
     """True while torch.export / dynamo / TorchScript trace the graph (data-dependent checks must be skipped)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
@@ -98,7 +99,7 @@ def _check_inputs(
         if 2 * omega.shape[-1] > n:
             msg = f"`omega` rotates {omega.shape[-1]} pairs, more than the state size {n} of `B` allows ({n // 2})."
             raise ValueError(msg)
-    if not _is_tracing() and bool(torch.isnan(dt).any()):
+    if not is_tracing() and bool(torch.isnan(dt).any()):
         msg = f"`dt` (shape {tuple(dt.shape)}) contains NaN; check the dt projection and its bias."
         raise ValueError(msg)
 
@@ -392,7 +393,7 @@ def ssd_sequences(
     if backend not in {"auto", "torch", "fused"}:
         msg = f"`backend` must be 'auto', 'torch' or 'fused', got {backend!r}."
         raise ValueError(msg)
-    use_fused = backend == "fused" or (backend == "auto" and x.is_cuda and not _is_tracing() and fused_available())
+    use_fused = backend == "fused" or (backend == "auto" and x.is_cuda and not is_tracing() and fused_available())
     if backend == "fused" and not (x.is_cuda and fused_available()):
         msg = (
             "backend='fused' needs an NVIDIA GPU, CUDA tensors and `mamba_ssm` "
