@@ -41,8 +41,6 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
-from .post_processor import SoftPostProcessor
-
 if TYPE_CHECKING:
     from anomalib.engine import Engine
     from matplotlib.figure import Figure
@@ -57,7 +55,6 @@ __all__ = [
     "DemoOutputExistsError",
     "DemoSettings",
     "Predictions",
-    "SoftPostProcessor",
     "TestOutputs",
     "build_engine",
     "build_model",
@@ -203,7 +200,6 @@ def build_model(settings: DemoSettings) -> MambaADv2:
         depths=settings.depths,
         lr=settings.lr,
         pre_processor=pre_processor,
-        post_processor=SoftPostProcessor(),
         visualizer=False,  # the demo draws its own figure (make_grid)
     )
 

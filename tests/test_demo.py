@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anomalib_mambaadv2 import demo
@@ -66,22 +65,6 @@ def test_existing_report_is_never_overwritten_silently(tmp_path, capsys):
     (out / "grid.png").write_bytes(b"old")
     demo._claim_output(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-
-
-def test_soft_normalisation_keeps_the_ranking():
-    scores = torch.linspace(-3.0, 5.0, 801)
-    low, high, threshold = torch.tensor(0.2), torch.tensor(0.8), torch.tensor(0.5)
-    soft = demo.SoftPostProcessor._normalize(scores, low, high, threshold)
-    assert torch.all(soft > 0) and torch.all(soft < 1)
-    assert torch.all(soft[1:] > soft[:-1]), "strictly increasing: no ties, so AUROC equals that of the raw scores"
-    assert demo.SoftPostProcessor._normalize(threshold, low, high, threshold) == 0.5
-    # near the threshold it is anomalib's linear normalisation
-    near = torch.tensor([0.49, 0.51])
-    linear = (near - threshold) / (high - low) + 0.5
-    assert torch.allclose(demo.SoftPostProcessor._normalize(near, low, high, threshold), linear, atol=1e-3)
-    # without statistics (nothing validated yet) the scores pass unchanged
-    nan = torch.tensor(float("nan"))
-    assert torch.equal(demo.SoftPostProcessor._normalize(scores, nan, nan, nan), scores)
 
 
 def test_metric_table_and_grid(tmp_path):
