@@ -6,10 +6,13 @@ Usage::
     python benchmarks/model_cost.py                 # 256×256, resnet34, batch 1 and 8
     python benchmarks/model_cost.py --quick         # fewer repeats
     python benchmarks/model_cost.py --out results/model_cost.md
+    python benchmarks/model_cost.py --compile       # also both models under torch.compile (inductor; minutes)
 
 Multiply-adds are counted with ``torch.utils.flop_counter`` (matmuls, convolutions and the SSD's einsums; element-wise
 work is not counted), at batch 1. Latencies are medians of interleaved runs, so the ratio is measured side by side.
-Targets (issue 4): ≤ 22 M parameters, ≤ 9 G multiply-adds, latency ratio to Reverse Distillation ≤ 1.5.
+Targets (issue 4): ≤ 22 M parameters, ≤ 9 G multiply-adds, latency ratio to Reverse Distillation ≤ 1.5 (torch
+eager). ``--compile`` adds MambaADv2 and Reverse Distillation compiled with ``torch.compile`` (inductor, static
+shapes, compiled before timing; the compile time is printed) as two more rows and their ratio, for information.
 """
 
 from __future__ import annotations
@@ -71,12 +74,13 @@ def latencies(models: dict[str, nn.Module], batch: int, size: int, repeats: int)
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     size, repeats = args.size, 3 if args.quick else 7
 
@@ -85,15 +89,26 @@ def main() -> None:
         "MambaAD-like ablation": MambaADv2Model(pre_trained=False, image_size=(size, size), **MAMBAAD_LIKE).eval(),
         "ReverseDistillation": reverse_distillation(size).eval(),
     }
+    timed, compile_s = dict(models), {}
+    if args.compile:  # compiled twice (batch 1 and 8, static shapes) before anything is timed
+        for name in ("MambaADv2", "ReverseDistillation"):
+            start = time.perf_counter()
+            compiled = torch.compile(models[name], dynamic=False)
+            with torch.no_grad():
+                for batch in (1, 8):
+                    compiled(torch.randn(batch, 3, size, size))
+            compile_s[name] = time.perf_counter() - start
+            timed[f"{name} (torch.compile)"] = compiled
     lines = [
         f"Model cost at {size}×{size}, resnet34 encoder (layer1-3), CPU threads: {torch.get_num_threads()}",
         "",
         "| model | params total (M) | params trainable (M) | G multiply-adds | latency b1 (ms) | latency b8 (ms) |",
         "|---|---|---|---|---|---|",
     ]
-    lat1 = latencies(models, 1, size, repeats)
-    lat8 = latencies(models, 8, size, max(repeats // 2, 2))
-    for name, model in models.items():
+    lat1 = latencies(timed, 1, size, repeats)
+    lat8 = latencies(timed, 8, size, max(repeats // 2, 2))
+    for name in timed:
+        model = models[name.removesuffix(" (torch.compile)")]  # parameters and MACs of the module itself
         total, trainable = count_params(model)
         lines.append(
             f"| {name} | {total:.2f} | {trainable:.2f} | {count_macs(model, size):.2f} | {lat1[name]:.0f} | "
@@ -110,11 +125,19 @@ def main() -> None:
         f"latency MambaADv2 / ReverseDistillation: batch 1 {r1:.2f}×, batch 8 {r8:.2f}× "
         f"(target ≤ 1.5): {'PASS' if max(r1, r8) <= 1.5 else 'FAIL'}",
     ]
+    if args.compile:
+        ours, theirs = "MambaADv2 (torch.compile)", "ReverseDistillation (torch.compile)"
+        lines.append(
+            f"latency under torch.compile, MambaADv2 / ReverseDistillation: batch 1 {lat1[ours] / lat1[theirs]:.2f}×, "
+            f"batch 8 {lat8[ours] / lat8[theirs]:.2f}× (compile time {compile_s['MambaADv2']:.0f} s vs "
+            f"{compile_s['ReverseDistillation']:.0f} s)"
+        )
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

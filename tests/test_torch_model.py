@@ -249,3 +249,41 @@ def test_hss_traces_before_any_eager_call(monkeypatch):
     torch.testing.assert_close(exported.module()(u), core(u), rtol=1e-5, atol=1e-6)
     u3 = torch.randn(3, 7, 13, 24)
     torch.testing.assert_close(exported.module()(u3), core(u3), rtol=1e-5, atol=1e-6)
+
+
+def test_hss_with_known_grid_uses_buffers_and_matches_reference():
+    """A block told its grid makes its scan indices once (non-persistent buffers); outputs do not change."""
+    torch.manual_seed(4)
+    core = HSSCore(32, directions=[1, 6], d_state=16, headdim=16, grid_size=(8, 12))
+    with torch.no_grad():
+        core.in_proj.weight[-core.npairs :].normal_()
+    lazy = HSSCore(32, directions=[1, 6], d_state=16, headdim=16)
+    lazy.load_state_dict(core.state_dict(), strict=True)  # same keys: the buffers are not in the state dict
+    assert {"scan_tokens", "scan_into", "scan_back"} <= {name for name, _ in core.named_buffers()}
+    assert not any(name.startswith("scan_") for name in core.state_dict())
+    u = torch.randn(2, 8, 12, 32)
+    tokens, into, back = core._scan_index(8, 12, u.device)
+    assert tokens is core.scan_tokens and into is core.scan_into and back is core.scan_back
+    torch.testing.assert_close(core(u), hss_reference(core, u), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(core(u), lazy(u), rtol=0, atol=0)
+    other = torch.randn(1, 6, 6, 32)  # another grid: indices made on use, still the reference result
+    torch.testing.assert_close(core(other), hss_reference(core, other), rtol=1e-4, atol=1e-5)
+
+
+def test_model_compiles_without_graph_breaks():
+    """torch.compile sees the whole eval forward as one graph (scan indices are buffers, not NumPy calls)."""
+    torch.manual_seed(5)
+    model = MambaADv2Model(backbone="resnet18", image_size=(64, 64), **TINY).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(x)
+            assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+            assert explained.graph_count == 1
+            compiled = torch.compile(model, backend="eager", fullgraph=True)  # the traced graph, run by eager kernels
+            out, ref = compiled(x), model(x)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(out.anomaly_map, ref.anomaly_map, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.pred_score, ref.pred_score, rtol=1e-5, atol=1e-6)

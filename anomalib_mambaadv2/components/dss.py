@@ -46,7 +46,8 @@ class DSSModule(nn.Module):
 
     Args:
         dim: Channels of the channels-last token grid.
-        grid_size: (H, W) of the grid at the configured image size (sizes the frequency filter).
+        grid_size: (H, W) of the grid at the configured image size (sizes the frequency filter; the HSS blocks make
+            their scan indices for it once).
         block_directions: Scan directions of each HSS block; its length is the number of blocks.
         drop_paths: Stochastic depth rate of each HSS block.
         freq_branch: Frequency-enhanced branch (True) or MambaAD's 5×5 depthwise branch (False).
@@ -65,7 +66,7 @@ class DSSModule(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(
             *(
-                HSSBlock(dim, drop_path=dp, directions=dirs, **hss_kwargs)
+                HSSBlock(dim, drop_path=dp, directions=dirs, grid_size=grid_size, **hss_kwargs)
                 for dirs, dp in zip(block_directions, drop_paths, strict=True)
             )
         )

@@ -77,6 +77,9 @@ class HSSCore(nn.Module):
         scan_curve: ``"auto"``, ``"hilbert"``, ``"snake"`` or ``"raster"``.
         chunk_size: SSD chunk size.
         ssd_backend: ``"torch"``, ``"fused"`` or ``"auto"`` (see :func:`~anomalib_mambaadv2.components.ssd.ssd`).
+        grid_size: ``(H, W)`` of the grid this block will see, if known: its scan indices are then made once, as
+            non-persistent buffers, so ``torch.compile`` traces the block without a graph break. Other grids still
+            work (their indices are made on first use).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class HSSCore(nn.Module):
         scan_curve: str = "auto",
         chunk_size: int = 32,
         ssd_backend: Backend = "torch",
+        grid_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if not directions or any(not 0 <= k < 8 for k in directions):
@@ -126,11 +130,21 @@ class HSSCore(nn.Module):
         if self.npairs:  # ω ≈ 0 at initialisation: the layer starts as a trapezoidal Mamba-2
             with torch.no_grad():
                 self.in_proj.weight[-self.npairs :].mul_(1e-2)
+        self.grid_size = None if grid_size is None else (int(grid_size[0]), int(grid_size[1]))
+        if self.grid_size is not None:  # not in the state dict: a pure function of the constructor's arguments
+            names = ("scan_tokens", "scan_into", "scan_back")
+            for name, idx in zip(names, self._make_index(*self.grid_size), strict=True):
+                self.register_buffer(name, idx, persistent=False)
+
+    def _make_index(self, hh: int, ww: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        idx = _scan_indices(hh, ww, self.scan_curve, tuple(self.directions), self.nheads)
+        return tuple(torch.from_numpy(i).to(device) for i in idx)
 
     def _scan_index(self, hh: int, ww: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Gather indices for all directions at once (see :func:`_scan_indices`); constants to the export tracer."""
-        idx = _scan_indices(hh, ww, self.scan_curve, tuple(self.directions), self.nheads)
-        return tuple(torch.from_numpy(i).to(device) for i in idx)
+        if (hh, ww) == self.grid_size:
+            return self.scan_tokens, self.scan_into, self.scan_back
+        return self._make_index(hh, ww, device)
 
     def forward(self, u: Tensor) -> Tensor:
         """Mix a channels-last grid (B, H, W, dim) → (B, H, W, dim).

@@ -1,0 +1,30 @@
+# SPDX-License-Identifier: Apache-2.0
+"""benchmarks/model_cost.py at a small size: the table, the targets and the written report."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_cost.py"
+
+
+def test_model_cost_small(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("model_cost_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+    out = tmp_path / "report" / "model_cost.md"
+    text = module.main(["--size", "64", "--quick", "--out", str(out)])
+    assert out.read_text(encoding="utf-8") == text + "\n"
+    assert text in capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"MambaADv2", "MambaAD-like ablation", "ReverseDistillation"}
+    cells = [c.strip() for c in rows["MambaADv2"].strip("|").split("|")]
+    total, trainable, macs, b1, b8 = (float(c) for c in cells[1:])
+    assert 15 < total < 22 and trainable < total  # resnet34 encoder is frozen
+    assert 0.1 < macs < 9 and b1 > 0 and b8 > 0
+    assert re.search(r"params \d+\.\d+ M \(target ≤ 22\): PASS", text)
+    assert re.search(r"latency MambaADv2 / ReverseDistillation: batch 1 \d+\.\d+×, batch 8 \d+\.\d+×", text)
+    assert "torch.compile" not in text  # only with --compile
