@@ -13,11 +13,16 @@ work is not counted), at batch 1. Latencies are medians of interleaved runs, so 
 Targets (issue 4): ≤ 22 M parameters, ≤ 9 G multiply-adds, latency ratio to Reverse Distillation ≤ 1.5 (torch
 eager). ``--compile`` adds MambaADv2 and Reverse Distillation compiled with ``torch.compile`` (inductor, static
 shapes, compiled before timing; the compile time is printed) as two more rows and their ratio, for information.
+
+MambaADv2's eager latency depends on glibc's allocator state (its many large temporaries are mmapped and page-faulted
+afresh unless malloc keeps them): ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296`` in the
+environment made it lower and steadier here (README, "Cost and speed"); the header line records what was set.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -44,6 +49,12 @@ def reverse_distillation(size: int) -> nn.Module:
         anomaly_map_mode=AnomalyMapGenerationMode.ADD,
         pre_trained=False,
     )
+
+
+def malloc_settings() -> str:
+    """The glibc malloc variables that move MambaADv2's eager latency most (unset: glibc's adaptive defaults)."""
+    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+    return ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in names)
 
 
 def count_params(model: nn.Module) -> tuple[float, float]:
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> str:
             timed[f"{name} (torch.compile)"] = compiled
     lines = [
         f"Model cost at {size}×{size}, resnet34 encoder (layer1-3), CPU threads: {torch.get_num_threads()}",
+        f"Allocator settings: {malloc_settings()}",
         "",
         "| model | params total (M) | params trainable (M) | G multiply-adds | latency b1 (ms) | latency b8 (ms) |",
         "|---|---|---|---|---|---|",

@@ -28,3 +28,4 @@ def test_model_cost_small(tmp_path, capsys):
     assert re.search(r"params \d+\.\d+ M \(target ≤ 22\): PASS", text)
     assert re.search(r"latency MambaADv2 / ReverseDistillation: batch 1 \d+\.\d+×, batch 8 \d+\.\d+×", text)
     assert "torch.compile" not in text  # only with --compile
+    assert re.search(r"Allocator settings: MALLOC_MMAP_THRESHOLD_=\S+, MALLOC_TRIM_THRESHOLD_=\S+, LD_PRELOAD=", text)
