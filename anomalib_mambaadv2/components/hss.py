@@ -137,11 +137,16 @@ class HSSCore(nn.Module):
                 self.register_buffer(name, idx, persistent=False)
 
     def _make_index(self, hh: int, ww: int, device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(tokens, into, back)`` of :func:`_scan_indices` for an ``hh × ww`` grid, as int64 tensors."""
         idx = _scan_indices(hh, ww, self.scan_curve, tuple(self.directions), self.nheads)
         return tuple(torch.from_numpy(i).to(device) for i in idx)
 
     def _scan_index(self, hh: int, ww: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Gather indices for all directions at once (see :func:`_scan_indices`); constants to the export tracer."""
+        """Gather indices for all directions at once (see :func:`_scan_indices`).
+
+        On the block's own grid these are its buffers; on another grid they are made now from NumPy (constants to the
+        export tracer; ``torch.compile`` breaks its graph here).
+        """
         if (hh, ww) == self.grid_size:
             return self.scan_tokens, self.scan_into, self.scan_back
         return self._make_index(hh, ww, device)
