@@ -2,14 +2,17 @@
 """Shared test helpers.
 
 :func:`export_and_compare` exports a module with the dynamo ONNX exporter and checks that ONNX Runtime and OpenVINO
-reproduce the eager PyTorch outputs. Import it from a test module as ``from helpers import export_and_compare``
-(pytest puts ``tests/`` on ``sys.path``).
+reproduce the eager PyTorch outputs; :func:`load_benchmark` imports a script of ``benchmarks/`` by path. Import them
+from a test module as ``from helpers import export_and_compare`` (pytest puts ``tests/`` on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -96,3 +99,15 @@ def export_and_compare(
     for runtime, diff in diffs.items():
         assert diff <= atol, f"{runtime}: max abs diff {diff:.3g} to PyTorch exceeds atol={atol:g}"
     return diffs
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (not a package) as module ``<name>_benchmark``."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -1,26 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """benchmarks/gpu_check.py on the CPU: the pure-PyTorch parts run at reduced size, the fused parts are reported."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_gpu_check_on_cpu(tmp_path, capsys):
-    gpu_check = load_script()
+    gpu_check = load_benchmark("gpu_check")
     out = tmp_path / "report" / "gpu_check.md"
     threads = torch.get_num_threads()
     try:
@@ -71,7 +59,7 @@ def test_gpu_check_on_cpu(tmp_path, capsys):
 
 
 def test_gpu_check_requires_out(capsys):
-    gpu_check = load_script()
+    gpu_check = load_benchmark("gpu_check")
     try:
         gpu_check.main([])
     except SystemExit as exc:

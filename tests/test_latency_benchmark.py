@@ -1,28 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """benchmarks/latency.py end to end at a tiny size: a fitted PatchCore (fit, export, three runtimes, report)."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 @pytest.mark.slow
 def test_latency_benchmark_small(tmp_path, capsys):
-    latency = load_script()
+    latency = load_benchmark("latency")
     out = tmp_path / "report" / "latency.md"
     threads = torch.get_num_threads()
     try:

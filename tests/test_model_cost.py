@@ -1,20 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """benchmarks/model_cost.py at a small size: the table, the targets and the written report."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "model_cost.py"
+from helpers import load_benchmark
 
 
 def test_model_cost_small(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("model_cost_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-
+    module = load_benchmark("model_cost")
     out = tmp_path / "report" / "model_cost.md"
     text = module.main(["--size", "64", "--quick", "--out", str(out)])
     assert out.read_text(encoding="utf-8") == text + "\n"

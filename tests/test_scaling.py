@@ -2,24 +2,16 @@
 """benchmarks/scaling.py: the MHSA replacement decoder, the slope fit, and a tiny end-to-end run."""
 
 import csv
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def scaling():
-    spec = importlib.util.spec_from_file_location("scaling_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
 def test_mhsa_block_is_a_residual_attention_over_all_tokens(scaling):
