@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anomalib_mambaadv2.torch_model import MambaADv2Model
 
+COMPILED = " (torch.compile)"  # suffix of the rows timed under torch.compile
 MAMBAAD_LIKE = {
     "matrix_path": False, "trapezoid": False, "rotation": False, "freq_branch": False, "directions": (8, 8, 8, 8),
 }  # fmt: skip
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> str:
                 for batch in (1, 8):
                     compiled(torch.randn(batch, 3, size, size))
             compile_s[name] = time.perf_counter() - start
-            timed[f"{name} (torch.compile)"] = compiled
+            timed[name + COMPILED] = compiled
     lines = [
         f"Model cost at {size}×{size}, resnet34 encoder (layer1-3), CPU threads: {torch.get_num_threads()}",
         f"Allocator settings: {malloc_settings()}",
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> str:
     lat1 = latencies(timed, 1, size, repeats)
     lat8 = latencies(timed, 8, size, max(repeats // 2, 2))
     for name in timed:
-        model = models[name.removesuffix(" (torch.compile)")]  # parameters and MACs of the module itself
+        model = models[name.removesuffix(COMPILED)]  # parameters and MACs of the module itself
         total, trainable = count_params(model)
         lines.append(
             f"| {name} | {total:.2f} | {trainable:.2f} | {count_macs(model, size):.2f} | {lat1[name]:.0f} | "
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> str:
         f"(target ≤ 1.5): {'PASS' if max(r1, r8) <= 1.5 else 'FAIL'}",
     ]
     if args.compile:
-        ours, theirs = "MambaADv2 (torch.compile)", "ReverseDistillation (torch.compile)"
+        ours, theirs = "MambaADv2" + COMPILED, "ReverseDistillation" + COMPILED
         lines.append(
             f"latency under torch.compile, MambaADv2 / ReverseDistillation: batch 1 {lat1[ours] / lat1[theirs]:.2f}×, "
             f"batch 8 {lat8[ours] / lat8[theirs]:.2f}× (compile time {compile_s['MambaADv2']:.0f} s vs "
