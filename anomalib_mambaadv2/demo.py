@@ -155,7 +155,7 @@ def prepare_dataset(root: str | Path, settings: DemoSettings) -> tuple[Path, boo
 
     path = dataset_folder(root, settings)
     manifest = path / MANIFEST_NAME
-    before = manifest.read_text() if manifest.is_file() else None
+    before = manifest.read_text(encoding="utf-8") if manifest.is_file() else None
     make_embedded_dataset(
         path,
         image_size=settings.image_size,
@@ -164,7 +164,7 @@ def prepare_dataset(root: str | Path, settings: DemoSettings) -> tuple[Path, boo
         n_test_defect=settings.n_test_defect,
         seed=settings.seed,
     )
-    return path, before is not None and before == manifest.read_text() and '"complete": true' in before
+    return path, before is not None and before == manifest.read_text(encoding="utf-8") and '"complete": true' in before
 
 
 def make_datamodule(data_root: str | Path, settings: DemoSettings) -> MultiClassMVTecAD:
@@ -530,7 +530,7 @@ PyTorch anomaly map over the image (jet colour map, 0 to 1, 0.5 = pixel threshol
 `run/` (Lightning run folder with the checkpoint).
 """
     path = out / REPORT_NAME
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info["steps"] = timer.steps
     info["total_wall_s"] = sum(w for _, w, _ in timer.steps)
     report = _write_report(out, info)
-    (out / "metrics.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (out / "metrics.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"\n{metric_table(results, categories)}\n")
     print(f"Total {info['total_wall_s']:.1f} s. Report: {report}")
     if not parity["passed"]:

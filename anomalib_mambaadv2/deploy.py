@@ -12,7 +12,10 @@ Command line::
 
 writes ``predictions/predictions.csv`` (path, score, label) and one heatmap overlay PNG per image. An unreadable
 image is reported by name and skipped; the command exits with status 1 at the end if any image failed. Existing
-outputs are never overwritten unless ``--overwrite`` is given.
+outputs are never overwritten unless ``--overwrite`` is given. If the output cannot be written (read-only folder,
+full disk) the command stops with status 2 and leaves no ``predictions.csv``: the CSV is written under a temporary
+name and renamed only when every row is on disk. 16-bit images are scaled, not clipped (``--bit-depth`` for 10-,
+12- or 14-bit sensors; see :mod:`anomalib_mambaadv2.image_io`).
 
 Python::
 
@@ -32,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .image_io import load_rgb, to_rgb
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CSV_NAME = "predictions.csv"
 FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
@@ -46,10 +51,14 @@ class ExportedModel:
         device: OpenVINO device (``"CPU"``, ``"GPU"``, …); ignored for ONNX.
         precision: OpenVINO inference precision hint: ``"f32"`` (exact), ``"bf16"``/``"f16"`` (faster where the
             hardware supports it), or None for OpenVINO's default (bf16 on CPUs that support it).
+        bit_depth: Significant bits of 16-bit input images (e.g. 12); default: the full 16-bit range.
     """
 
-    def __init__(self, path: str | Path, device: str = "CPU", precision: str | None = "f32") -> None:
+    def __init__(
+        self, path: str | Path, device: str = "CPU", precision: str | None = "f32", bit_depth: int | None = None
+    ) -> None:
         self.path = Path(path)
+        self.bit_depth = bit_depth
         if not self.path.is_file():
             msg = f"Exported model {self.path} not found (expected model.xml or model.onnx from `anomalib export`)."
             raise FileNotFoundError(msg)
@@ -58,6 +67,8 @@ class ExportedModel:
 
             config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
             compiled = ov.Core().compile_model(str(self.path), device, config)
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # what it runs with
             # an output can carry several tensor names (e.g. "amax" and "pred_score"); prefer Anomalib's field names
             self._outputs = [
                 next((n for n in sorted(o.get_names()) if n in FIELDS), o.get_any_name()) for o in compiled.outputs
@@ -68,6 +79,7 @@ class ExportedModel:
             import onnxruntime as ort
 
             session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self.precision = "f32"
             self._outputs = [o.name for o in session.get_outputs()]
             shape = session.get_inputs()[0].shape
             name = session.get_inputs()[0].name
@@ -83,9 +95,12 @@ class ExportedModel:
         self.input_size = (h, w)
 
     def preprocess(self, image: np.ndarray | Image.Image) -> np.ndarray:
-        """RGB image (H×W×3 uint8 array or PIL image, any size) → (1, 3, h, w) float32 in [0, 1] at the export size."""
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-        pil = pil.convert("RGB").resize(self.input_size[::-1], Image.BILINEAR)
+        """Image (PIL image or array, any size and depth; see :func:`to_rgb`) → (1, 3, h, w) float32 in [0, 1].
+
+        Raises:
+            ValueError: For float images, NaN/Inf pixels, or values beyond the bit depth (see :func:`to_rgb`).
+        """
+        pil = to_rgb(image, bit_depth=self.bit_depth).resize(self.input_size[::-1], Image.BILINEAR)
         return (np.asarray(pil, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
 
     def predict(self, image: np.ndarray | Image.Image) -> dict:
@@ -114,29 +129,47 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+class OutputError(OSError):
+    """The predictions could not be written (read-only folder, full disk, …)."""
+
+
 def run(model: ExportedModel, inputs: Sequence[Path], root: Path, output: Path, progress: bool = True) -> list[str]:
-    """Predict every image, write the CSV and overlays; return the failures as messages."""
+    """Predict every image, write the CSV and overlays; return the failures as messages.
+
+    The CSV is written as ``predictions.csv.partial`` and renamed when complete, so an interrupted run never leaves a
+    ``predictions.csv`` that looks finished.
+
+    Raises:
+        OutputError: An output file could not be written; the partial CSV is removed.
+    """
     from tqdm import tqdm
 
-    (output / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
     failures = []
-    with (output / CSV_NAME).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "label"])
-        for path in tqdm(inputs, desc="Predicting", unit="img", disable=not progress):
-            try:
-                with Image.open(path) as img:
-                    image = img.convert("RGB")
-            except (UnidentifiedImageError, OSError, ValueError) as err:
-                failures.append(f"{path}: cannot read image ({err})")
-                print(f"error: {path}: cannot read image ({err}); skipped", file=sys.stderr)
-                continue
-            result = model.predict(image)
-            rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-            writer.writerow([str(rel), f"{result['score']:.6f}", "anomalous" if result["label"] else "normal"])
-            target = output / OVERLAY_DIR / rel.with_suffix(".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            overlay(image, result["anomaly_map"]).save(target)
+    final, partial = output / CSV_NAME, output / (CSV_NAME + ".partial")
+    try:
+        (output / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+        with partial.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "score", "label"])
+            for path in tqdm(inputs, desc="Predicting", unit="img", disable=not progress):
+                try:
+                    image = load_rgb(path, bit_depth=model.bit_depth)
+                except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                    failures.append(f"{path}: cannot read image ({err})")
+                    print(f"error: {path}: cannot read image ({err}); skipped", file=sys.stderr)
+                    continue
+                result = model.predict(image)
+                rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+                writer.writerow([str(rel), f"{result['score']:.6f}", "anomalous" if result["label"] else "normal"])
+                target = output / OVERLAY_DIR / rel.with_suffix(".png")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                overlay(image, result["anomaly_map"]).save(target)
+            f.flush()
+        partial.replace(final)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        msg = f"cannot write the predictions under {output}: {err}"
+        raise OutputError(msg) from err
     return failures
 
 
@@ -150,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="folder for predictions.csv and overlays/")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
     parser.add_argument("--precision", default="f32", help="OpenVINO precision hint: f32 (default), bf16, f16, auto")
+    parser.add_argument(
+        "--bit-depth", type=int, help="significant bits of 16-bit images, e.g. 12 (default: full 16-bit range)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -163,10 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if existing and not args.overwrite:
         parser.error(f"{', '.join(map(str, existing))} already exist; pass --overwrite to replace them")
     model = ExportedModel(
-        args.model, device=args.device, precision=None if args.precision == "auto" else args.precision
+        args.model,
+        device=args.device,
+        precision=None if args.precision == "auto" else args.precision,
+        bit_depth=args.bit_depth,
     )
     root = args.input if args.input.is_dir() else args.input.parent
-    failures = run(model, inputs, root, args.output, progress=not args.no_progress)
+    try:
+        failures = run(model, inputs, root, args.output, progress=not args.no_progress)
+    except OutputError as err:
+        print(f"error: {err}; no predictions.csv was written, inputs are untouched", file=sys.stderr)
+        return 2
     done = len(inputs) - len(failures)
     print(f"{done} of {len(inputs)} images predicted; results in {args.output / CSV_NAME}")
     if failures:

@@ -118,7 +118,7 @@ class PerCategoryMetrics(Callback):
         folder = Path(trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.csv_path = folder / self.filename
-        with self.csv_path.open("w", newline="") as f:
+        with self.csv_path.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["category", *names])
             for category, row in self.rows.items():

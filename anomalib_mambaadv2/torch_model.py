@@ -21,6 +21,7 @@ from .components.bottleneck import Bottleneck, PatchExpand
 from .components.dss import DSSModule
 from .components.encoder import FrozenEncoder
 from .components.scanning import DEFAULT_SCHEDULE, saps_directions
+from .components.ssd import is_tracing
 
 
 def dss_grouping(depth: int) -> list[int]:
@@ -146,6 +147,11 @@ class MambaADv2Model(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             msg = f"MambaADv2 expects RGB images shaped (B, 3, H, W), got {tuple(images.shape)}; convert to RGB first."
             raise ValueError(msg)
+        if not is_tracing():  # data-dependent checks stay out of exported graphs
+            validate_image_size(tuple(images.shape[-2:]), 2 * self.encoder.reductions[-1])
+            if not bool(torch.isfinite(images).all()):
+                msg = "the input images contain NaN or infinite pixel values; replace them before inference."
+                raise ValueError(msg)
         feats = self.encoder(images)
         dec = self.decode(feats)
         if self.training:

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        args.out.write_text(text + "\n", encoding="utf-8")
     return text
 
 

@@ -2,13 +2,27 @@
 """Shared fixtures: a tiny MVTec-layout dataset made on the fly (no downloads)."""
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+THREADS = 2  # fixed, not the machine's core count: float reductions (and so tolerances) depend on it
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_machine():
+    """Every test starts from the same seeds and thread count, whatever ran before it and whatever the CPU."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(THREADS)
 
 
 def make_mvtec_like(root: Path, categories=("tiles",), size=64, n_train=8, n_good=3, n_bad=3, seed=0) -> Path:
