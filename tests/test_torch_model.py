@@ -287,3 +287,18 @@ def test_model_compiles_without_graph_breaks():
         torch._dynamo.reset()
     torch.testing.assert_close(out.anomaly_map, ref.anomaly_map, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.pred_score, ref.pred_score, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN or infinite pixel values"),
+        (torch.full((1, 3, 64, 64), float("inf")), "NaN or infinite pixel values"),
+        (torch.rand(1, 1, 64, 64), r"expects RGB images shaped \(B, 3, H, W\)"),
+        (torch.rand(1, 3, 80, 64), "image_size .* multiples of 32"),
+    ],
+)
+def test_bad_model_inputs_are_named(images, message):
+    model = MambaADv2Model(backbone="resnet18", pre_trained=False, image_size=64, depths=(1, 1, 1, 1)).eval()
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        model(images)

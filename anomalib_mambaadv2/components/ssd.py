@@ -209,11 +209,24 @@ def _trapezoid_weights(dt: Tensor, lam: Tensor | None) -> tuple[Tensor, Tensor |
     return lam * dt + nxt, nxt
 
 
-def _chunked_scan(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+# Largest |exponent| the factorised within-chunk decay may use: e^±60 keeps every factor, product and sum of a chunk
+# far inside float32's normal range (1e-38..3e38), so the factorisation loses nothing to overflow or underflow.
+FACTOR_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
+
+
+def _chunked_scan(
+    x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, factorise: bool | None = None
+) -> tuple[Tensor, Tensor]:
     """Causal SSD ``y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} a_r) (C_t·B_s) x_s`` in chunks of ``chunk_size`` tokens.
 
     Every sequence (batch × head × direction) is independent, so all work is batched matrix products over
     (sequences · chunks) with contiguous operands.
+
+    Inside a chunk the decay ``exp(cum_t − cum_s)`` (``cum`` = in-chunk cumulative log-decay) factorises into
+    ``exp(cum_t − m) · exp(m − cum_s)``, re-centred on ``m`` = half the chunk's total so both factors stay within
+    ``exp(±span/2)``: the decay then scales ``x`` and ``y`` per token and the q×q work is one causal mask, with no
+    segment sum and no q×q ``exp``. That is exact while ``span/2 <=`` :data:`FACTOR_LIMIT`; beyond it (very strong
+    decay over a chunk) the stable segment-sum form runs instead.
 
     Args:
         x: Input already scaled by the discretisation weight, (S, L, P).
@@ -221,6 +234,9 @@ def _chunked_scan(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
         B: Input projection, (S, L, N).
         C: Output projection, (S, L, N).
         chunk_size: Tokens per chunk Q; cost is O(L·Q·(N+P) + L·N·P).
+        factorise: True: factorised form (the caller guarantees the span bound); False: segment-sum form; None:
+            factorised where every chunk's span is within the bound (checked on the data), else segment sums;
+            while tracing, where the data cannot be checked, None means segment sums.
 
     Returns:
         y (S, L, P) and the diagonal ``C_t·B_t`` (S, L), which the trapezoid correction needs.
@@ -234,18 +250,30 @@ def _chunked_scan(x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int) -
     nc = (l + pad) // q
     x, B, C = (t.reshape(S * nc, q, -1) for t in (x, B, C))
     a = a.reshape(S, nc, q)
-    a_cum = torch.cumsum(a, dim=-1)
+    a_cum = torch.cumsum(a, dim=-1)  # cum_t = Σ_{r<=t} a_r inside the chunk
+    if factorise is None:
+        factorise = not is_tracing() and bool(-a_cum[..., -1].min() <= 2 * FACTOR_LIMIT[a.dtype])
 
-    # 1. within each chunk: the quadratic masked form (L ∘ C Bᵀ) x
-    #    (matrices laid out [s, t], source by target, so the segment sums run along the contiguous dim)
-    decay = torch.exp(_segsum_st(a, exclusive=False)).reshape(S * nc, q, q)  # exp(Σ_{r=s+1..t} a_r), 0 for t < s
-    scores = torch.bmm(B, C.transpose(1, 2))  # B_s·C_t
-    cb = scores.diagonal(dim1=1, dim2=2)  # C_t·B_t (the mask is 1 there)
-    y = torch.bmm((scores * decay).transpose(1, 2), x)
-
-    # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) B_sᵀ x_s (the decay matrix's last column). Scaling Bᵀ
-    #    (a row vector broadcast along the contiguous dim) is several times faster on CPU than scaling B.
-    states = torch.bmm(B.transpose(1, 2) * decay[:, None, :, -1], x).reshape(S, nc, n * p)
+    if factorise:
+        # 1. within each chunk: y_t = e^{cum_t − m} Σ_{s<=t} (C_t·B_s) e^{m − cum_s} x_s
+        mid = 0.5 * a_cum[..., -1:]  # m
+        x_in = x * torch.exp(mid - a_cum).reshape(S * nc, q, 1)  # e^{m − cum_s} x_s
+        scores = torch.bmm(C, B.transpose(1, 2))  # [t, s] = C_t·B_s
+        cb = scores.diagonal(dim1=1, dim2=2)
+        y = torch.bmm(torch.tril(scores), x_in) * torch.exp(a_cum - mid).reshape(S * nc, q, 1)
+        # 2. each chunk's final state: Σ_s e^{cum_last − cum_s} B_sᵀ x_s = e^{cum_last − m} Bᵀ (e^{m − cum} x)
+        states = torch.bmm(B.transpose(1, 2), x_in) * torch.exp(a_cum[..., -1:] - mid).reshape(S * nc, 1, 1)
+    else:
+        # 1. within each chunk: the quadratic masked form (L ∘ C Bᵀ) x
+        #    (matrices laid out [s, t], source by target, so the segment sums run along the contiguous dim)
+        decay = torch.exp(_segsum_st(a, exclusive=False)).reshape(S * nc, q, q)  # exp(Σ_{r=s+1..t} a_r), 0 if t < s
+        scores = torch.bmm(B, C.transpose(1, 2))  # B_s·C_t
+        cb = scores.diagonal(dim1=1, dim2=2)  # C_t·B_t (the mask is 1 there)
+        y = torch.bmm((scores * decay).transpose(1, 2), x)
+        # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) B_sᵀ x_s (the decay matrix's last column). Scaling Bᵀ
+        #    (a row vector broadcast along the contiguous dim) is several times faster on CPU than scaling B.
+        states = torch.bmm(B.transpose(1, 2) * decay[:, None, :, -1], x)
+    states = states.reshape(S, nc, n * p)
 
     # 3. recurrence over chunk states H_c = exp(A_{c-1}) H_{c-1} + S_{c-1}: its matrix form while the chunks fit in
     #    one chunk, else the same chunked routine on the state sequence (B = C = 1), which keeps the cost linear in L
@@ -363,6 +391,7 @@ def ssd_sequences(
     matrix_gain: Tensor | None = None,
     chunk_size: int = 32,
     backend: Backend = "torch",
+    max_log_decay: float | None = None,
 ) -> Tensor:
     """:func:`ssd` on independent single-head sequences (S = batch × heads × …), plus the optional matrix path.
 
@@ -383,6 +412,9 @@ def ssd_sequences(
             form of the same discretised SSM (input x̄ = s ⊙ x) with an all-ones mask, in O(L·N·P).
         chunk_size: Tokens per chunk.
         backend: See :func:`ssd`.
+        max_log_decay: A bound the caller guarantees on ``−Δ_t A_t`` for every token. Where ``chunk_size ·
+            max_log_decay`` fits the factorised decay's range, that form runs unchecked (also in exported graphs);
+            otherwise the range is checked on the data in eager mode, and traced graphs use segment sums.
 
     Returns:
         (S, L, P), dtype of ``x``.
@@ -410,7 +442,11 @@ def ssd_sequences(
             B, C = _rotate_halves(B, C, _angles(omega.to(dtype), dt))
         s, c = _trapezoid_weights(dt, None if lam is None else lam.to(dtype))
         xs = x * s.unsqueeze(-1)  # x̄_t = s_t x_t
-        y, cb = (_fused_scan if use_fused else _chunked_scan)(xs, dt * A, B, C, chunk_size)
+        if use_fused:
+            y, cb = _fused_scan(xs, dt * A, B, C, chunk_size)
+        else:
+            bounded = max_log_decay is not None and chunk_size * max_log_decay <= 2 * FACTOR_LIMIT[dtype]
+            y, cb = _chunked_scan(xs, dt * A, B, C, chunk_size, factorise=True if bounded else None)
         # per-token skip: + D x_t, and − c_t (C̃_t·B̃_t) x_t, the term that s_t over-counts at s = t
         skip = None if c is None else -c * cb
         if D is not None:
