@@ -335,3 +335,17 @@ def test_hss_decay_bound_holds(monkeypatch):
     assert torch.isfinite(core(torch.randn(2, 8, 8, 16))).all()
     assert seen["bound"] == hss_module.MAX_LOG_DECAY
     assert seen["log_decay"] == pytest.approx(hss_module.MAX_LOG_DECAY, abs=1e-4)
+
+
+def test_segsum_keeps_small_segments_after_a_huge_decay():
+    # a_0 = -1e8 then tiny steps: in float32 cumsum[t] - cumsum[s] loses every step after a_0 (1e-3 ≪ ulp(1e8) = 8);
+    # the masked segment sum never adds a_0 into a segment that excludes it
+    a = torch.full((1, 16), -1e-3, dtype=torch.float32)
+    a[0, 0] = -1e8
+    exact = segsum(a.double())
+    stable = segsum(a)
+    cum = torch.cumsum(a, -1)
+    naive = cum[..., :, None] - cum[..., None, :]
+    lower = torch.tril(torch.ones(16, 16, dtype=torch.bool), diagonal=-1)
+    assert (naive - exact)[0][lower].abs().max() > 1e-3  # the naive form is wrong here ...
+    torch.testing.assert_close(stable[0][lower].double(), exact[0][lower], rtol=1e-6, atol=1e-9)  # ... this is not
