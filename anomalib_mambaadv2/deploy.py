@@ -43,6 +43,11 @@ FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 OVERLAY_DIR = "overlays"
 
 
+def precision_name(hint: object) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` property (an ``ov.Type``) as a name such as ``"f32"`` or ``"bf16"``."""
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
 class ExportedModel:
     """An exported MambaADv2 (or any Anomalib image model) run with OpenVINO (``.xml``) or ONNX Runtime (``.onnx``).
 
@@ -67,8 +72,7 @@ class ExportedModel:
 
             config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
             compiled = ov.Core().compile_model(str(self.path), device, config)
-            hint = compiled.get_property("INFERENCE_PRECISION_HINT")
-            self.precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # what it runs with
+            self.precision = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))  # what it runs with
             # an output can carry several tensor names (e.g. "amax" and "pred_score"); prefer Anomalib's field names
             self._outputs = [
                 next((n for n in sorted(o.get_names()) if n in FIELDS), o.get_any_name()) for o in compiled.outputs

@@ -222,12 +222,9 @@ def export_entry(entry: Entry, size: int, work: Path) -> None:
 def ov_default_precision() -> str:
     import openvino as ov
 
+    from anomalib_mambaadv2.deploy import precision_name
+
     return precision_name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
-
-
-def precision_name(hint: Any) -> str:
-    """OpenVINO's precision property (an ``ov.Type``) as ``"f32"``, ``"bf16"``, …"""
-    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
 
 
 def make_runner(entry: Entry, runtime: str, batch: int, x: Any, threads: int, spin: bool) -> Callable[[], Any]:
@@ -256,6 +253,8 @@ def make_runner(entry: Entry, runtime: str, batch: int, x: Any, threads: int, sp
         feed = {session.get_inputs()[0].name: x}
         return lambda: dict(zip(names, session.run(None, feed), strict=True))
     import openvino as ov
+
+    from anomalib_mambaadv2.deploy import precision_name
 
     core = ov.Core()
     model = core.read_model(entry.ir[batch])

@@ -15,13 +15,11 @@ THREADS = 2  # fixed, not the machine's core count: float reductions (and so tol
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_machine():
+def _deterministic_machine() -> None:
     """Every test starts from the same seeds and thread count, whatever ran before it and whatever the CPU."""
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    torch.set_num_threads(THREADS)
-    yield
     torch.set_num_threads(THREADS)
 
 
