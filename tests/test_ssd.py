@@ -97,16 +97,20 @@ def test_quadratic_form_matches_reference():
     torch.testing.assert_close(ssd_quadratic(**inp), ssd_reference(**inp), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("l", [1, 17, 256])
-def test_matrix_path_equals_explicit(l):
+def test_matrix_path_equals_explicit(l, dtype):
     gen = torch.Generator().manual_seed(l)
-    x = torch.randn(2, l, 4, 8, generator=gen)
-    B = torch.randn(2, l, 2, 16, generator=gen)
-    C = torch.randn(2, l, 2, 16, generator=gen)
+    x = torch.randn(2, l, 4, 8, generator=gen, dtype=dtype)
+    B = torch.randn(2, l, 2, 16, generator=gen, dtype=dtype)
+    C = torch.randn(2, l, 2, 16, generator=gen, dtype=dtype)
     Bh, Ch = B.repeat_interleave(2, 2), C.repeat_interleave(2, 2)
     M = torch.einsum("bthn,bshn->bhts", Ch, Bh) / l  # the explicit L×L matrix
     expected = torch.einsum("bhts,bshp->bthp", M, x)
-    torch.testing.assert_close(global_matrix_mix(x, B, C), expected, rtol=1e-4, atol=1e-5)
+    out = global_matrix_mix(x, B, C)
+    assert out.dtype == dtype
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out, expected, **tol)
 
 
 def test_segsum_is_stable_and_exact():
@@ -349,3 +353,150 @@ def test_segsum_keeps_small_segments_after_a_huge_decay():
     lower = torch.tril(torch.ones(16, 16, dtype=torch.bool), diagonal=-1)
     assert (naive - exact)[0][lower].abs().max() > 1e-3  # the naive form is wrong here ...
     torch.testing.assert_close(stable[0][lower].double(), exact[0][lower], rtol=1e-6, atol=1e-9)  # ... this is not
+
+
+# ---- the recursive chunk-state pass (sequences of many chunks, as at 256 px) with trapezoid and rotation on ----
+def long_inputs(L, decay, dtype=torch.float64, seed=0, b=1, h=2, p=3, n=8, s=2):
+    """Random inputs (no zeros) with the per-token log-decay ``−Δ_t A_t`` drawn from regime ``decay``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    def u(*shape):
+        return torch.rand(*shape, generator=gen, dtype=dtype)
+
+    dt = torch.nn.functional.softplus(r(b, L, h) - 1.0)
+    log_decay = {
+        "near_zero": lambda: 1e-7 * (0.5 + u(b, L, h)),  # the state keeps (almost) everything over 4096 tokens
+        "moderate": lambda: u(b, L, h),
+        "strong": lambda: 2.0 + 1.5 * u(b, L, h),  # up to HSS's bound MAX_LOG_DECAY = 3.5
+        "very_strong": lambda: 20.0 + 40.0 * u(b, L, h),  # a 32-token chunk spans > 1200: segment sums
+        "resets": lambda: 1e-7 * (0.5 + u(b, L, h)) + 30.0 * (u(b, L, h) < 0.01),  # near zero, ~1 % state resets
+        "huge": lambda: 700.0 + 100.0 * u(b, L, h),  # even 2 tokens span > 1200 in float64: segment sums
+    }[decay]()
+    return {
+        "x": r(b, L, h, p),
+        "dt": dt,
+        "A": -log_decay / dt,
+        "B": r(b, L, 1, n),
+        "C": r(b, L, 1, n),
+        "D": r(h),
+        "lam": torch.sigmoid(r(b, L, h)),
+        "omega": math.pi * torch.tanh(r(b, L, h, s)),
+    }
+
+
+def spy_on_scan(monkeypatch):
+    """Count the levels of ``_chunked_scan`` (it recurses on the chunk states) and how many take segment sums."""
+    from anomalib_mambaadv2.components import ssd as ssd_module
+
+    seen = {"levels": 0, "segsum_levels": 0}
+    real_scan, real_segsum = ssd_module._chunked_scan, ssd_module._segsum_st
+
+    def scan(*args, **kwargs):
+        seen["levels"] += 1
+        return real_scan(*args, **kwargs)
+
+    def segsum_st(a, exclusive):
+        seen["segsum_levels"] += not exclusive  # the within-chunk segment-sum form (not the chunk-state matrix)
+        return real_segsum(a, exclusive)
+
+    monkeypatch.setattr(ssd_module, "_chunked_scan", scan)
+    monkeypatch.setattr(ssd_module, "_segsum_st", segsum_st)
+    return seen
+
+
+# (L, chunk, levels of _chunked_scan): 4096 = 128 chunks of 32, then 4 chunks of chunk states; 1000 tokens in chunks
+# of 4 recurse 1000 → 250 → 63 (padded) → 16 chunk states, with padding at two levels.
+LONG = [(4096, 32, 2), (1000, 4, 4)]
+DECAYS = ["near_zero", "moderate", "strong", "very_strong", "resets"]
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize(("L", "chunk", "levels"), LONG)
+def test_recursive_chunk_states_match_reference(monkeypatch, L, chunk, levels, decay):
+    inp = long_inputs(L, decay, seed=L + DECAYS.index(decay))
+    ref = ssd_reference(**inp)
+    scale = ref.abs().max()
+    seen = spy_on_scan(monkeypatch)
+    out = ssd(**inp, chunk_size=chunk)
+    assert seen["levels"] == levels  # the recursive chunk-state pass ran, as deep as claimed
+    if decay == "near_zero":
+        assert seen["segsum_levels"] == 0  # factorised at every level
+    if decay == "very_strong":
+        assert seen["segsum_levels"] >= 1  # the segment-sum fallback runs (in chunks of 32 at every level)
+    err64 = float((out - ref).abs().max() / scale)
+    out32 = ssd(**{k: v.float() for k, v in inp.items()}, chunk_size=chunk)
+    err32 = float((out32.double() - ref).abs().max() / scale)
+    print(f"L={L} chunk={chunk} {decay}: float64 {err64:.1e}, float32 {err32:.1e} (relative to max|y| {scale:.3g})")
+    assert err64 < 1e-12, err64
+    assert err32 < 5e-5, err32
+
+
+@pytest.mark.parametrize(
+    ("L", "chunk", "levels", "decay", "fast_mode"),
+    [
+        (12, 2, 3, "moderate", False),
+        (12, 2, 3, "very_strong", True),  # factorised form with e^{±60} factors
+        (12, 2, 3, "huge", True),  # segment-sum form at every level (no other gradcheck reaches it)
+        (20, 3, 2, "strong", True),
+    ],
+)
+def test_gradcheck_through_recursive_chunk_states(monkeypatch, L, chunk, levels, decay, fast_mode):
+    """Gradients through several chunk states, trapezoid and rotation on.
+
+    12 tokens in chunks of 2 recurse 12 → 6 → 3 (padded) chunk states; 20 tokens in chunks of 3 give 7 chunk states.
+    One full Jacobian check on a single head; the others compare random projections of it (``fast_mode``), which is
+    what keeps them fast on two cores.
+    """
+    inp = long_inputs(L, decay, seed=L, h=1 if not fast_mode else 2, p=2, n=4 if fast_mode else 2, s=1)
+    names = list(inp)
+    seen = spy_on_scan(monkeypatch)
+
+    def fn(*tensors):
+        return ssd(**dict(zip(names, tensors, strict=True)), chunk_size=chunk)
+
+    tensors = [inp[k].clone().requires_grad_(True) for k in names]
+    fn(*tensors)
+    assert seen["levels"] == levels
+    assert (seen["segsum_levels"] == levels) == (decay == "huge")
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-6, fast_mode=fast_mode)
+
+
+def test_sequences_matrix_path_with_rotation_matches_explicit_float64():
+    """ssd_sequences(matrix_gain=g) with trapezoid and rotation == step-by-step scan + g (1/L) (C̃ B̃ᵀ)(s ⊙ x)."""
+    from anomalib_mambaadv2.components.ssd import _adjacent_to_halves, ssd_sequences
+
+    inp = make_inputs(b=2, l=70, h=3, g=3, p=4, n=8, s=2, dtype=torch.float64, seed=12)
+    x, dt, lam, omega = inp["x"], inp["dt"], inp["lam"], inp["omega"]
+    b, l, h, _ = x.shape
+    # a large gain, so the matrix path is a large part of the output (with 1/L it is small at HSS's gain of 0.5)
+    gain = 10.0 * torch.rand(h, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 5.0
+    # explicit: rotate adjacent pairs by θ_t = Σ_{r<=t} ω_r Δ_r, then the full L×L all-ones-mask dual form
+    theta = torch.cumsum(omega * dt[..., None], 1)
+    cos, sin = theta.cos(), theta.sin()
+
+    def rotate(v):
+        even, odd = v[..., 0:4:2], v[..., 1:4:2]
+        return torch.cat(
+            (torch.stack((even * cos - odd * sin, even * sin + odd * cos), -1).flatten(-2), v[..., 4:]), -1
+        )
+
+    Bt, Ct = rotate(inp["B"]), rotate(inp["C"])
+    s = lam * dt + torch.cat(((1 - lam) * dt, torch.zeros_like(dt[:, :1])), 1)[:, 1:]
+    M = torch.einsum("bthn,bshn->bhts", Ct, Bt) / l
+    expected = ssd_reference(**inp) + gain[:, None] * torch.einsum("bhts,bshp->bthp", M, x * s[..., None])
+
+    def seqs(t):
+        return t.transpose(1, 2).reshape(b * h, l, *t.shape[3:])
+
+    B2, C2 = (_adjacent_to_halves(v, 2) for v in (inp["B"], inp["C"]))  # ssd_sequences rotates dims (i, S+i)
+    args = [seqs(t) for t in (x, dt, inp["A"], B2, C2)]
+    out = ssd_sequences(*args, inp["D"].repeat(b), seqs(lam), seqs(omega), matrix_gain=gain.repeat(b), chunk_size=8)
+    out = out.reshape(b, h, l, -1).transpose(1, 2)
+    without = ssd_sequences(*args, inp["D"].repeat(b), seqs(lam), seqs(omega), chunk_size=8)
+    matrix_part = (out - without.reshape(b, h, l, -1).transpose(1, 2)).abs().max()
+    assert matrix_part > 0.3 * expected.abs().max()  # not dominated by the scan
+    err = float((out - expected).abs().max() / matrix_part)
+    assert err < 1e-12, err

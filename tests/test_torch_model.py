@@ -8,7 +8,7 @@ from helpers import export_and_compare
 from scipy import ndimage
 
 from anomalib_mambaadv2.anomaly_map import AnomalyMapGenerator
-from anomalib_mambaadv2.components.hss import HSSCore
+from anomalib_mambaadv2.components.hss import MAX_LOG_DECAY, HSSCore
 from anomalib_mambaadv2.components.scanning import scan_permutations
 from anomalib_mambaadv2.components.ssd import global_matrix_mix, position_aware_bc, ssd
 from anomalib_mambaadv2.loss import ReconstructionLoss
@@ -133,6 +133,7 @@ def hss_reference(core: HSSCore, u: torch.Tensor) -> torch.Tensor:
     x = F.silu(core.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(b, length, nh, p)
     dt = F.softplus(dt.reshape(b, length, nh) + core.dt_bias)
     A = -F.softplus(a.reshape(b, length, nh) + core.a_bias).clamp_min(1e-4)
+    A = torch.maximum(A, -MAX_LOG_DECAY / dt)  # the module bounds the log-decay -ΔA of one step
     Bp = Bp.reshape(b, length, 1, -1)
     Bp = Bp / Bp.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() + core.B_bias
     Cp = Cp.reshape(b, length, 1, -1)
@@ -238,7 +239,11 @@ def test_hss_batch_split_matches_whole_batch(monkeypatch):
 def test_hss_traces_before_any_eager_call(monkeypatch):
     """Scan indices first built while torch.export traces must not be FakeTensors (nor be cached as such)."""
     import anomalib_mambaadv2.components.hss as hss
+    import anomalib_mambaadv2.components.scanning as scanning
 
+    # a cold start whatever ran before: the HSS path's caches (its gather indices and the scan permutations) emptied
+    hss._scan_indices.cache_clear()
+    scanning._cached_permutations.cache_clear()
     torch.manual_seed(3)
     core = HSSCore(24, directions=[3, 6], d_state=8, headdim=12).eval()  # a grid/heads combination no other test uses
     # eager mode would mix two images per call: a size test that export must not see (it would fix the batch)
@@ -246,6 +251,12 @@ def test_hss_traces_before_any_eager_call(monkeypatch):
     u = torch.randn(2, 7, 13, 24)
     # the batch stays dynamic (Anomalib exports with a dynamic batch axis): nothing may branch on its size
     exported = torch.export.export(core, (u,), dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+    # the indices were first made inside the trace, and what the caches hold is plain NumPy
+    assert hss._scan_indices.cache_info().misses >= 1
+    assert scanning._cached_permutations.cache_info().misses >= 1
+    cached = hss._scan_indices(7, 13, core.scan_curve, tuple(core.directions), core.nheads)
+    assert hss._scan_indices.cache_info().hits >= 1
+    assert all(type(i) is np.ndarray for i in cached)
     torch.testing.assert_close(exported.module()(u), core(u), rtol=1e-5, atol=1e-6)
     u3 = torch.randn(3, 7, 13, 24)
     torch.testing.assert_close(exported.module()(u3), core(u3), rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -216,6 +217,15 @@ class GlobalFrequencyFilter(nn.Module):
         # Not persistent: they are a pure function of ``grid_size``, so checkpoints need not carry them.
         for name, basis in dft_bases(h, w)._asdict().items():
             self.register_buffer(f"_basis_{name}", basis, persistent=False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> GlobalFrequencyFilter:
+        """Cast as ``nn.Module`` does, but give float64 modules exact bases (a cast keeps float32's rounding)."""
+        super()._apply(fn, recurse)
+        first = getattr(self, f"_basis_{DFTBases._fields[0]}")
+        if first.dtype == torch.float64:
+            for name, basis in dft_bases(*self.grid_size, torch.float64, first.device)._asdict().items():
+                setattr(self, f"_basis_{name}", basis)
+        return self
 
     def _native_bases(self) -> DFTBases:
         return DFTBases(*(getattr(self, f"_basis_{name}") for name in DFTBases._fields))
