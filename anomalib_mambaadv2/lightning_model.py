@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
+from .checkpoint import check_checkpoint_file, config_mismatch
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
 from .per_category import PerCategoryMetrics
@@ -136,14 +138,63 @@ class MambaADv2(AnomalibModule):
     def setup(self, stage: str) -> None:
         """Load the encoder's pretrained weights before training (a checkpoint restore comes after and wins)."""
         super().setup(stage)
+        self._use_rank_zero_run_folder()
         if stage == "fit":
             self.model.encoder.load_weights(pre_trained=self.pre_trained, backbone_weights=self.backbone_weights)
+
+    def _use_rank_zero_run_folder(self) -> None:
+        """Give every DDP rank rank 0's run folder.
+
+        With ``strategy="ddp"`` each rank re-runs the script, so Anomalib's ``Engine`` makes one versioned run folder
+        per rank (``v0`` for rank 0, ``v1``… for the others, left empty but for that rank's share of the test images)
+        and ``latest`` ends on one of those. Every rank takes rank 0's folder, removes the empty one made for it and
+        points ``latest`` at rank 0's (atomically, as several ranks may do it at once).
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size < 2:
+            return
+        own = Path(trainer.default_root_dir)
+        shared = Path(trainer.strategy.broadcast(str(own), src=0))
+        if own == shared:
+            return
+        trainer._default_root_dir = str(shared)  # the Trainer has no setter; callbacks read `default_root_dir`
+        if own.is_dir() and own.name[:1] == "v" and own.name[1:].isdigit() and not any(own.iterdir()):
+            own.rmdir()
+        latest = own.parent / "latest"
+        if latest.is_symlink() and shared.parent == own.parent:
+            tmp = latest.with_name(f".latest.rank{trainer.global_rank}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(shared, target_is_directory=True)
+            os.replace(tmp, latest)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another configuration with the options that differ (before the state dict loads).
+
+        Raises:
+            ValueError: If the checkpoint's tensors do not fit this model.
+        """
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("state_dict")
+        if isinstance(saved, dict):
+            options = checkpoint.get("hyper_parameters") or {}
+            problem = config_mismatch(options, dict(self.hparams), saved, self.state_dict())
+            if problem:
+                raise ValueError(problem)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MambaADv2:  # type: ignore[override]
+        """Anomalib's ``load_from_checkpoint`` (``weights_only=True``), after checking the file is complete.
+
+        Raises:
+            ValueError: If the file is truncated or corrupt.
+        """
+        return super().load_from_checkpoint(check_checkpoint_file(checkpoint_path), *args, **kwargs)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruction loss between encoder and decoder features."""
         del args, kwargs
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, sync_dist=True)
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
@@ -163,8 +214,13 @@ class MambaADv2(AnomalibModule):
         ]
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """AdamW (lr scaled by batch/16), ×0.1 at 80 % of the trainer's total steps."""
+        """AdamW (lr scaled by the global batch / 16), ×0.1 at 80 % of the trainer's total steps.
+
+        The global batch is the datamodule's (per-process) batch × DDP processes × gradient accumulation, so
+        ``--trainer.devices N`` with the same per-device batch keeps the recipe's lr per image.
+        """
         batch_size = getattr(getattr(self.trainer, "datamodule", None), "train_batch_size", 16) or 16
+        batch_size *= self.trainer.world_size * self.trainer.accumulate_grad_batches
         optimizer = torch.optim.AdamW(self._param_groups(), lr=self.lr * batch_size / 16, betas=(0.9, 0.999))
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
