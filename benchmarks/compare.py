@@ -108,6 +108,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchinfo import cpu_name, git_commit, load_average
+
 ENV = {
     "MALLOC_MMAP_THRESHOLD_": "1048576",
     "OMP_WAIT_POLICY": "PASSIVE",
@@ -265,23 +267,6 @@ def peak_rss_mb(reset_worked: bool) -> float:
     return peak
 
 
-def cpu_name() -> str:
-    """The CPU model name."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages."""
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover - not on every platform
-        return "n/a"
-
-
 def machine_info() -> dict[str, Any]:
     """Versions and hardware, for the report."""
     import anomalib
@@ -298,6 +283,7 @@ def machine_info() -> dict[str, Any]:
         "anomalib": anomalib.__version__,
         "timm": timm.__version__,
         "platform": platform.platform(),
+        "commit": git_commit(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "unset"),
     }
@@ -926,6 +912,7 @@ def header_lines(title: str, info: dict[str, Any]) -> list[str]:
         "",
         "Machine: "
         f"{m['cpu']}, {m['cpu_count']} logical cores, {m['torch_threads']} torch threads, GPU: {m['gpu']}; "
+        f"Code: commit {m.get('commit', 'unknown')}. "
         f"Python {m['python']}, torch {m['torch']}, anomalib {m['anomalib']}, timm {m['timm']}; {m['platform']}; "
         f"OMP_WAIT_POLICY={m['omp_wait_policy']}, MALLOC_MMAP_THRESHOLD_={m['malloc_mmap_threshold']}. "
         f"Load average (1/5/15 min) at start {info['load_start']}, at end {info['load_end']} (a 1-minute load above "

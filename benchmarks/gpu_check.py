@@ -66,6 +66,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchinfo import git_commit
 from torch import Tensor
 
 from anomalib_mambaadv2.components.ssd import fused_available, ssd, ssd_reference
@@ -237,6 +238,7 @@ def environment(report: Report, device: torch.device, status: FusedStatus, cfg: 
         triton_v = f"not importable ({short_error(exc)})"
     fused = "available" if status.available else f"unavailable ({status.reason})"
     rows = [
+        ("commit", git_commit()),
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})" if torch.version.cuda else torch.__version__),
         ("device", dev),

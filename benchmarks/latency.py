@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchinfo import cpu_name, git_commit
+
 ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 MODELS = {"mambaadv2": "MambaADv2", "rd": "ReverseDistillation", "patchcore": "Patchcore"}
 TORCH, ORT, OV_F32, OV_BF16 = "torch eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"
@@ -321,14 +323,6 @@ def fmt(value: float, digits: int = 1) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def ratio_line(
     label: str, times: dict[tuple[str, str], list[float]], num: tuple[str, str], den: tuple[str, str], target: float
 ) -> str:
@@ -466,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# CPU latency at {args.size}×{args.size} (resnet34, pre_trained=False)",
         "",
+        f"- code: commit {git_commit()}",
         f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads per runtime: {args.threads}",
         f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}, "
         f"Python {platform.python_version()}",

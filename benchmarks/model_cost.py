@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchinfo import git_commit
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> str:
             timed[name + COMPILED] = compiled
     lines = [
         f"Model cost at {size}×{size}, resnet34 encoder (layer1-3), CPU threads: {torch.get_num_threads()}",
-        f"Allocator settings: {malloc_settings()}",
+        f"Allocator settings: {malloc_settings()}; code: commit {git_commit()}",
         "",
         "| model | params total (M) | params trainable (M) | G multiply-adds | latency b1 (ms) | latency b8 (ms) |",
         "|---|---|---|---|---|---|",

@@ -31,7 +31,6 @@ The default run takes about 3-5 minutes on 2 CPU cores (most of it the attention
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import gc
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchinfo import cpu_name, git_commit, load_average
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -182,23 +182,6 @@ class Row:
         return q1, q3
 
 
-def cpu_name() -> str:
-    """The CPU model name."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages."""
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover - not on every platform
-        return "n/a"
-
-
 def make_plot(rows: Sequence[Row], slopes: dict[str, tuple[float, float]], path: Path) -> None:
     """Log-log time against tokens, one line per decoder, with slope-1 and slope-2 guides."""
     import matplotlib
@@ -280,6 +263,7 @@ Run {info["started"]} with:
 {info["command"]}
 ```
 
+Code: commit {info["commit"]}.
 Machine: {info["cpu"]}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads; Python
 {platform.python_version()}, torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}.
 Load average (1/5/15 min) at start {info["load_start"]}, at end {info["load_end"]}.
@@ -373,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "started": started,
         "command": shlex.join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
         "cpu": cpu_name(),
+        "commit": git_commit(),
         "load_start": load_start,
         "load_end": load_average(),
         "backbone": backbone,

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from benchinfo import git_commit
 
 from anomalib_mambaadv2.components.ssd import ssd, ssd_quadratic, ssd_reference
 
@@ -206,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# SSD scan benchmark — torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs ({platform.machine()}), load avg {load}; batch {args.batch}, chunk {args.chunk}, "
-        f"headdim {HEADDIM}, state {STATE}, groups {GROUPS}, trapezoid+rotation on" + (", quick" if args.quick else "")
+        f"headdim {HEADDIM}, state {STATE}, groups {GROUPS}, trapezoid+rotation on"
+        + (", quick" if args.quick else "")
+        + f"; commit {git_commit()}"
     )
     # Sanity check (not timed): the three forms agree on a small problem.
     small = make_inputs(args.batch, 256, HEADS[256], seed=1)

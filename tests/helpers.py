@@ -106,6 +106,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load_benchmark(name: str) -> ModuleType:
     """Import ``benchmarks/<name>.py`` (not a package) as module ``<name>_benchmark``."""
+    if str(BENCHMARKS) not in sys.path:  # the scripts import their shared helpers (benchinfo) as siblings
+        sys.path.append(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up

@@ -3,6 +3,7 @@
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,7 @@ def test_compare_tiny_multiclass(compare, tmp_path, keep_threads):
     text = (out / "compare.md").read_text(encoding="utf-8")
     assert "python benchmarks/compare.py --tiny" in text and "--categories brick grass" in text
     assert "logical cores" in text and "torch" in text
+    assert re.search(r"Code: commit [0-9a-f]{12}", text)
     assert "all equal to the reference" in text and "identical for all models" in text
     assert "zero-padded 24→64 / 40→128 / 112→256" in text
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

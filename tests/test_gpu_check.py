@@ -20,6 +20,7 @@ def test_gpu_check_on_cpu(tmp_path, capsys):
     assert out.is_file()
     text = out.read_text(encoding="utf-8")
     assert capsys.readouterr().out == text  # printed as written
+    assert re.search(r"commit.*[0-9a-f]{12}", text)
 
     # 1. environment
     assert "## 1. Environment" in text

@@ -24,6 +24,7 @@ def test_latency_benchmark_small(tmp_path, capsys):
     text = out.read_text(encoding="utf-8")
     assert text.strip() in capsys.readouterr().out  # printed as written
     assert "# CPU latency at 64×64" in text
+    assert re.search(r"- code: commit [0-9a-f]{12}", text)
     rows = {}
     for runtime in ("torch eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"):
         cells = r"([0-9.]+) \| [0-9]+ % \| ([0-9.]+) \| [0-9]+ % \| (.*?) \| .*? \| (\w+)"  # latency … precision

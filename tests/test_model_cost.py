@@ -12,6 +12,7 @@ def test_model_cost_small(tmp_path, capsys):
     text = module.main(["--size", "64", "--quick", "--out", str(out)])
     assert out.read_text(encoding="utf-8") == text + "\n"
     assert text in capsys.readouterr().out
+    assert re.search(r"code: commit [0-9a-f]{12}", text)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"MambaADv2", "MambaAD-like ablation", "ReverseDistillation"}
     cells = [c.strip() for c in rows["MambaADv2"].strip("|").split("|")]

@@ -3,6 +3,7 @@
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -76,6 +77,7 @@ def test_scaling_tiny(scaling, tmp_path, capsys):
     assert "slope" in printed and "| 128 |" in printed
     text = (out / "scaling.md").read_text(encoding="utf-8")
     assert "python benchmarks/scaling.py --tiny" in text and "HSS blocks replaced" in text
+    assert re.search(r"Code: commit [0-9a-f]{12}", text)
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with pytest.raises(SystemExit) as info:  # no silent overwrite
