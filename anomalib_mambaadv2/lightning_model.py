@@ -59,11 +59,17 @@ class MambaADv2(AnomalibModule):
         depths: HSS blocks per decoder stage, deep to shallow.
         directions: Scan directions per decoder stage (``[8, 8, 8, 8]`` is MambaAD's scanning).
         scan_curve: ``"auto"``, ``"hilbert"``, ``"snake"`` or ``"raster"``.
+        d_state: SSM state size N.
+        headdim: SSM head dim P.
+        expand: HSS inner width factor.
         matrix_path: HSS global matrix path.
         trapezoid: Mamba-3 exponential-trapezoidal discretisation.
         rotation: Mamba-3 data-dependent rotary position.
         freq_branch: Frequency-enhanced branch (else MambaAD's 5×5 branch).
         drop_path_rate: Maximum stochastic depth.
+        chunk_size: SSD chunk size (tokens per chunk of the scan).
+        sigma: Gaussian blur of the anomaly map in pixels.
+        activation_checkpointing: Recompute HSS activations in backward (less training memory, more compute).
         loss: ``"mse"`` (5·MSE per scale) or ``"cosine"``.
         lr: Learning rate at batch size 16; scaled linearly with the training batch size.
         weight_decay: AdamW weight decay (not applied to biases, norms, SSM scalars and filters).
@@ -85,11 +91,17 @@ class MambaADv2(AnomalibModule):
         depths: Sequence[int] = (3, 4, 6, 3),
         directions: Sequence[int] = DEFAULT_SCHEDULE,
         scan_curve: str = "auto",
+        d_state: int = 32,
+        headdim: int = 32,
+        expand: int = 2,
         matrix_path: bool = True,
         trapezoid: bool = True,
         rotation: bool = True,
         freq_branch: bool = True,
         drop_path_rate: float = 0.2,
+        chunk_size: int = 32,
+        sigma: float = 4.0,
+        activation_checkpointing: bool = False,
         loss: str = "mse",
         lr: float = 0.005,
         weight_decay: float = 1e-4,
@@ -120,12 +132,18 @@ class MambaADv2(AnomalibModule):
             depths=depths,
             directions=directions,
             scan_curve=scan_curve,
+            d_state=d_state,
+            headdim=headdim,
+            expand=expand,
             matrix_path=matrix_path,
             trapezoid=trapezoid,
             rotation=rotation,
             freq_branch=freq_branch,
             drop_path_rate=drop_path_rate,
+            chunk_size=chunk_size,
             ssd_backend=ssd_backend,
+            sigma=sigma,
+            activation_checkpointing=activation_checkpointing,
         )
         self.loss = ReconstructionLoss(loss)
 

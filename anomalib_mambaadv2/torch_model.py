@@ -70,6 +70,8 @@ class MambaADv2Model(nn.Module):
         chunk_size: SSD chunk size.
         ssd_backend: ``"torch"`` (default, exportable), ``"fused"`` or ``"auto"``.
         sigma: Gaussian blur of the anomaly map in pixels.
+        activation_checkpointing: Recompute each HSS block's activations in backward instead of keeping them
+            (training memory for compute; off by default).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MambaADv2Model(nn.Module):
         chunk_size: int = 32,
         ssd_backend: str = "torch",
         sigma: float = 4.0,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if len(layers) != 3:
@@ -116,7 +119,7 @@ class MambaADv2Model(nn.Module):
         hss_kwargs = {
             "d_state": d_state, "headdim": headdim, "expand": expand, "matrix_path": matrix_path,
             "trapezoid": trapezoid, "rotation": rotation, "scan_curve": scan_curve, "chunk_size": chunk_size,
-            "ssd_backend": ssd_backend,
+            "ssd_backend": ssd_backend, "checkpointing": activation_checkpointing,
         }  # fmt: skip
         stages, seen = [], 0
         for s, (depth, k) in enumerate(zip(depths, directions, strict=True)):

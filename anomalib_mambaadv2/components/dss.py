@@ -51,7 +51,7 @@ class DSSModule(nn.Module):
         block_directions: Scan directions of each HSS block; its length is the number of blocks.
         drop_paths: Stochastic depth rate of each HSS block.
         freq_branch: Frequency-enhanced branch (True) or MambaAD's 5×5 depthwise branch (False).
-        **hss_kwargs: Further arguments of :class:`~anomalib_mambaadv2.components.hss.HSSCore`.
+        **hss_kwargs: Further arguments of :class:`~anomalib_mambaadv2.components.hss.HSSBlock` and its core.
     """
 
     def __init__(

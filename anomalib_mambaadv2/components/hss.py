@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .scanning import scan_permutations_numpy
 from .ssd import Backend, is_tracing, ssd_sequences
@@ -220,15 +221,24 @@ class HSSBlock(nn.Module):
     Args:
         dim: Channels.
         drop_path: Stochastic depth rate.
+        checkpointing: In training, keep only the block's input for backward and recompute the rest there
+            (``torch.utils.checkpoint``): less memory, about one more forward pass of compute.
         **core_kwargs: Arguments of :class:`HSSCore`.
     """
 
-    def __init__(self, dim: int, drop_path: float = 0.0, **core_kwargs) -> None:
+    def __init__(self, dim: int, drop_path: float = 0.0, checkpointing: bool = False, **core_kwargs) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         self.norm = nn.LayerNorm(dim)
         self.core = HSSCore(dim, **core_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
+    def _branch(self, u: Tensor) -> Tensor:
+        return self.drop_path(self.core(self.norm(u)))
+
     def forward(self, u: Tensor) -> Tensor:
         """(B, H, W, C) → (B, H, W, C)."""
-        return u + self.drop_path(self.core(self.norm(u)))
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            # the RNG state is saved, so the recomputation draws the same stochastic-depth mask
+            return u + checkpoint(self._branch, u, use_reentrant=False)
+        return u + self._branch(u)
