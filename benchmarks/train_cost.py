@@ -21,19 +21,18 @@ Each (model, encoder) runs in its own child process (this script with a hidden `
 growth is that peak minus ``VmRSS`` before the first step. Step time: median of ``--steps`` steps after ``--warmup``
 steps. The children run alternately (MambaADv2, RD, per encoder; ``--rounds R`` repeats that order R times and takes
 per-configuration medians); the ratios MambaADv2 / RD are paired per round. Targets (the issue): time and peak RSS
-each ≤ 1.5× RD's. Where ``MambaADv2`` accepts ``activation_checkpointing``, rows with it are added (``--checkpointing``,
-default on when supported). The children get ``MALLOC_MMAP_THRESHOLD_=1048576`` (large buffers are mmapped and given
-back when freed, so RSS follows live memory), ``OMP_WAIT_POLICY=PASSIVE``, ``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``,
-each only where not already set; the report records them. The report (default ``docs/benchmarks/train_cost.md``) is
-never replaced without ``--overwrite``. Not a test: timings belong in reports, never in assertions. ``--quick`` took
-about 2 minutes on 2 shared cores.
+each ≤ 1.5× RD's. Rows with ``activation_checkpointing=True`` are added (``--no-checkpointing`` drops them);
+``--mamba-options`` passes further MambaADv2 arguments. The children get ``MALLOC_MMAP_THRESHOLD_=1048576``
+(large buffers are mmapped and given back when freed, so RSS follows live memory), ``OMP_WAIT_POLICY=PASSIVE``,
+``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where not already set; the report records them. The report
+(default ``docs/benchmarks/train_cost.md``) is never replaced without ``--overwrite``. Not a test: timings belong in
+reports, never in assertions. ``--quick`` took about 2 minutes on 2 shared cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -42,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,19 +57,6 @@ MARKER = "TRAIN_COST_RESULT "  # prefix of the child's JSON line on stdout
 GB = 2**30
 
 
-def checkpointing_support() -> str | None:
-    """``"MambaADv2"`` or ``"MambaADv2Model"``: the first that accepts ``activation_checkpointing``; else None."""
-    with warnings.catch_warnings():  # timm's and Anomalib's deprecation notes at import
-        warnings.simplefilter("ignore", FutureWarning)
-        from anomalib_mambaadv2 import MambaADv2
-        from anomalib_mambaadv2.torch_model import MambaADv2Model
-
-    for cls in (MambaADv2, MambaADv2Model):
-        if "activation_checkpointing" in inspect.signature(cls).parameters:
-            return cls.__name__
-    return None
-
-
 def status_bytes(key: str) -> int:
     """A ``VmRSS`` / ``VmHWM`` line of ``/proc/self/status`` in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -81,8 +66,11 @@ def status_bytes(key: str) -> int:
     raise RuntimeError(msg)
 
 
-def build(model: str, encoder: str, size: int) -> tuple[Any, list[str]]:
-    """The Lightning module of ``model`` on ``encoder`` at ``size`` (random weights) and notes for the report."""
+def build(model: str, encoder: str, size: int, options: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The Lightning module of ``model`` on ``encoder`` at ``size`` (random weights) and notes for the report.
+
+    ``options`` are further ``MambaADv2`` arguments (``--mamba-options``), e.g. an earlier default to compare with.
+    """
     from compare import Settings, build_rd, encoder_spec
 
     spec = encoder_spec(encoder, "none", None)  # layers of stride 4, 8, 16 and the normalisation; no weights
@@ -90,19 +78,9 @@ def build(model: str, encoder: str, size: int) -> tuple[Any, list[str]]:
         built = build_rd(spec, Settings(image_size=size))
         return built.module, built.notes
     from anomalib_mambaadv2 import MambaADv2
-    from anomalib_mambaadv2.torch_model import MambaADv2Model
 
-    ckpt = model == CKPT
-    where = checkpointing_support() if ckpt else None
-    extra = {"activation_checkpointing": True} if where == "MambaADv2" else {}
     module = MambaADv2(backbone=encoder, layers=spec.layers, pre_trained=False, image_size=size, evaluator=False,
-                       visualizer=False, **extra)  # fmt: skip
-    if ckpt and where == "MambaADv2Model":  # only the torch module has the option: rebuild it with it
-        module.model = MambaADv2Model(backbone=encoder, layers=spec.layers, pre_trained=False,
-                                      image_size=(size, size), activation_checkpointing=True)  # fmt: skip
-    elif ckpt and where is None:
-        msg = "activation_checkpointing is not supported by MambaADv2 or MambaADv2Model"
-        raise ValueError(msg)
+                       visualizer=False, activation_checkpointing=model == CKPT, **options)  # fmt: skip
     return module, [f"layers {', '.join(spec.layers)}"]
 
 
@@ -135,7 +113,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, encoder = args.child.split("@", 1)
-    module, notes = build(model, encoder, args.size)
+    module, notes = build(model, encoder, args.size, json.loads(args.mamba_options))
     optimizer, scheduler = optimizer_of(module, args.batch)
     module.train()
     batches = [torch.randn(args.batch, 3, args.size, args.size) for _ in range(2)]
@@ -169,7 +147,7 @@ def run_child(config: tuple[str, str], args: argparse.Namespace) -> dict[str, An
     env = {**ENV, **os.environ}  # ours only where not already set
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "@".join(config), "--size", str(args.size),
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--threads", str(args.threads)]  # fmt: skip
+           "--threads", str(args.threads), "--mamba-options", args.mamba_options]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
     if done.returncode == 0 and lines:
@@ -299,7 +277,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     parser.add_argument(
         "--checkpointing",
         action=argparse.BooleanOptionalAction,
-        help="add MambaADv2 rows with activation_checkpointing (default: on where the model accepts it)",
+        default=True,
+        help="add MambaADv2 rows with activation_checkpointing (default: on)",
+    )
+    parser.add_argument(
+        "--mamba-options", default="{}", help="further MambaADv2 arguments as JSON, e.g. '{\"d_state\": 32}'"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -325,14 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.overwrite:
         parser.exit(2, f"error: {args.out} exists; pass --overwrite to replace it, or choose another --out.\n")
     wall, load_start = time.perf_counter(), load_average()
-    support = checkpointing_support()
-    with_ckpt = bool(support) if args.checkpointing is None else args.checkpointing and bool(support)
-    if with_ckpt:
-        checkpointing = f"rows with `activation_checkpointing=True` (accepted by `{support}`)"
-    elif support:
-        checkpointing = f"supported by `{support}`, rows left out (--no-checkpointing)"
-    else:
-        checkpointing = "not supported by `MambaADv2` or `MambaADv2Model` in this code: rows skipped"
+    with_ckpt = args.checkpointing
+    checkpointing = "rows with `activation_checkpointing=True`" if with_ckpt else "rows left out (--no-checkpointing)"
+    if json.loads(args.mamba_options):
+        checkpointing += f"; MambaADv2 options {args.mamba_options}"
     models = [MAMBA, RD, *([CKPT] if with_ckpt else [])]
     order = [(model, encoder) for encoder in args.encoder_list for model in models]
     results: dict[tuple[str, str], list[dict]] = {key: [] for key in order}

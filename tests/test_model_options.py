@@ -39,7 +39,7 @@ OPTIONS = {
     "depths": ([1, 2, 1, 1], lambda m: [sum(isinstance(b, HSSBlock) for b in s.modules()) for s in m.model.stages]),
     "directions": ([2, 2, 2, 2], lambda m: [2, 2, 2, 2] if {len(c.directions) for c in cores(m)} == {2} else None),
     "scan_curve": ("snake", lambda m: cores(m)[0].scan_curve),
-    "d_state": (16, lambda m: cores(m)[0].d_state),
+    "d_state": (32, lambda m: cores(m)[0].d_state),
     "headdim": (16, lambda m: cores(m)[0].headdim),
     "expand": (1, expand_factor),
     "matrix_path": (False, lambda m: cores(m)[0].use_matrix),
