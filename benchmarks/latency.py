@@ -7,13 +7,15 @@ Usage::
     python benchmarks/latency.py --quick                  # 128×128, fewer repeats, smaller PatchCore memory bank
     python benchmarks/latency.py --out results/latency.md # also write the markdown report
     python benchmarks/latency.py --models mambaadv2,rd    # a subset (mambaadv2, rd, patchcore)
+    python benchmarks/latency.py --backbone tf_efficientnet_lite0   # every model on another encoder
 
 Every model is the Anomalib (Lightning) module in eval mode: pre-processor + network + post-processor, exactly the
-graph that Anomalib exports. Models are ``resnet34`` with ``pre_trained=False`` (no model hub is needed; latency does
-not depend on the weights). MambaADv2 and Reverse Distillation are benchmarked untrained; PatchCore needs a memory
-bank, so it is fitted for one epoch on a small generated dataset (``make_embedded_dataset``, category ``brick``,
-16 training images); its memory bank is far smaller than on a real dataset, so its nearest-neighbour search (and its
-latency) is understated.
+graph that Anomalib exports. Every model uses the ``--backbone`` encoder (default ``resnet34``; e.g.
+``tf_efficientnet_lite0``, where Reverse Distillation gets ``compare.py``'s padded ResNet decoder) with
+``pre_trained=False`` (no model hub is needed; latency does not depend on the weights). MambaADv2 and Reverse
+Distillation are benchmarked untrained; PatchCore needs a memory bank, so it is fitted for one epoch on a small
+generated dataset (``make_embedded_dataset``, category ``brick``, 16 training images); its memory bank is far smaller
+than on a real dataset, so its nearest-neighbour search (and its latency) is understated.
 
 Export goes through Anomalib's own path, ``model.to_onnx(root, input_size=(S, S), opset_version=18)`` (MambaADv2's
 default opset; the others are asked for 18 too, rather than Anomalib's default 14, whose down-conversion fails
@@ -123,15 +125,28 @@ class Entry:
     precision: dict[str, str] = field(default_factory=dict)  # runtime -> inference precision it ran with
 
 
+def encoder_layers(backbone: str) -> tuple[str, ...]:
+    """The stride-4/8/16 feature modules of ``backbone`` (``benchmarks/compare.py``'s choice)."""
+    from compare import default_layers
+
+    return tuple(default_layers(backbone))
+
+
 def build_mambaadv2(size: int, work: Path, args: argparse.Namespace) -> Any:
     from anomalib_mambaadv2 import MambaADv2
 
-    return MambaADv2(backbone="resnet34", pre_trained=False, image_size=size)
+    layers = encoder_layers(args.backbone)
+    return MambaADv2(backbone=args.backbone, layers=layers, pre_trained=False, image_size=size)
 
 
 def build_rd(size: int, work: Path, args: argparse.Namespace) -> Any:
     from anomalib.models import ReverseDistillation
 
+    if args.backbone != "resnet34":  # Anomalib's RD has decoders for ResNets only: compare.py's adapter
+        from compare import Settings, encoder_spec
+        from compare import build_rd as build_rd_adapted
+
+        return build_rd_adapted(encoder_spec(args.backbone, "none", None), Settings(image_size=size)).module
     pre = ReverseDistillation.configure_pre_processor(image_size=(size, size))
     return ReverseDistillation(backbone="resnet34", pre_trained=False, pre_processor=pre)
 
@@ -148,7 +163,8 @@ def build_patchcore(size: int, work: Path, args: argparse.Namespace) -> Any:
     )
     datamodule = MVTecAD(root=root, category="brick", train_batch_size=8, eval_batch_size=8, num_workers=0, seed=0)
     model = Patchcore(
-        backbone="resnet34",
+        backbone=args.backbone,
+        layers=list(encoder_layers(args.backbone)[1:]),  # PatchCore's stride-8 and stride-16 layers
         pre_trained=False,
         coreset_sampling_ratio=args.coreset_ratio,
         pre_processor=Patchcore.configure_pre_processor(image_size=(size, size)),
@@ -344,6 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, help="square input size (default 256, --quick 128)")
     parser.add_argument("--repeats", type=int, nargs=2, metavar=("B1", "B8"), help="repeats at batch 1 and 8")
     parser.add_argument("--models", default="mambaadv2,rd,patchcore", help="comma-separated: mambaadv2, rd, patchcore")
+    parser.add_argument("--backbone", default="resnet34", help="timm encoder of every model (default %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
     parser.add_argument(
         "--spin",
@@ -458,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- report ----
     elapsed = time.perf_counter() - wall
     lines = [
-        f"# CPU latency at {args.size}×{args.size} (resnet34, pre_trained=False)",
+        f"# CPU latency at {args.size}×{args.size} ({args.backbone}, pre_trained=False)",
         "",
         f"- code: commit {git_commit()}",
         f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores; threads per runtime: {args.threads}",

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """benchmarks/latency.py end to end at a tiny size: a fitted PatchCore (fit, export, three runtimes, report)."""
 
+import argparse
 import re
 
 import pytest
@@ -46,3 +47,16 @@ def test_latency_benchmark_small(tmp_path, capsys):
     assert "load average (1 min): start" in text
     assert "MambaADv2 OpenVINO / MambaADv2 torch eager: n/a (not measured)" in text
     assert "memory bank" in text
+
+
+def test_backbone_option_puts_every_model_on_that_encoder(tmp_path):
+    module = load_benchmark("latency")
+    args = argparse.Namespace(backbone="tf_efficientnet_lite0", coreset_ratio=0.1)
+    mamba = module.build_mambaadv2(64, tmp_path, args).eval()
+    rd = module.build_rd(64, tmp_path, args).eval()
+    assert mamba.model.encoder.backbone == "tf_efficientnet_lite0"
+    assert list(mamba.model.encoder.layers) == ["blocks.1", "blocks.2", "blocks.4"]
+    assert "efficientnet" in type(rd.model.encoder.inner.feature_extractor).__name__.lower()
+    with torch.no_grad():
+        for model in (mamba, rd):
+            assert model(torch.rand(1, 3, 64, 64)).anomaly_map.shape[-2:] == (64, 64)
