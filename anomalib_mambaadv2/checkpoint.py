@@ -12,8 +12,12 @@ import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+from .components.weights_file import list_keys
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_LISTED = 5
@@ -91,8 +95,7 @@ def config_mismatch(
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
         if keys:
-            listed = ", ".join(keys[:_MAX_LISTED]) + (f", ... ({len(keys) - _MAX_LISTED} more)" * (len(keys) > 5))
-            problems.append(f"{len(keys)} tensor(s) {label}: {listed}")
+            problems.append(f"{len(keys)} tensor(s) {label}: {list_keys(keys, _MAX_LISTED)}")
     cause = f"it was saved with {', '.join(differing)}" if differing else "its stored options match, its tensors do not"
     return (
         f"The checkpoint does not fit this model: {cause}; {'; '.join(problems)}. Build the model with the "

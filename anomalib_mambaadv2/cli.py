@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checkpoint import check_checkpoint_file
-
 
 def register() -> None:
     """Import the model so Anomalib's argument parser can find ``MambaADv2`` by its bare name."""
@@ -62,6 +60,8 @@ def main() -> None:
         from .deploy import main as infer
 
         sys.exit(infer(sys.argv[2:]))
+    from .checkpoint import check_checkpoint_file  # here, not at import: `infer` must not load torch
+
     try:
         sys.argv[1:] = resolve_last_checkpoint(sys.argv[1:])
         ckpt = _option(sys.argv[1:], "--ckpt_path")

@@ -17,12 +17,12 @@ _WRAPPER_KEYS = ("state_dict", "model", "module")
 _MAX_LISTED_KEYS = 10
 
 
-def list_keys(keys: Sequence[str] | set[str]) -> str:
-    """Format some of ``keys`` for an error message."""
+def list_keys(keys: Sequence[str] | set[str], limit: int = _MAX_LISTED_KEYS) -> str:
+    """Format the first ``limit`` of ``keys`` (sorted) for an error message."""
     keys = sorted(keys)
-    listed = ", ".join(keys[:_MAX_LISTED_KEYS])
-    if len(keys) > _MAX_LISTED_KEYS:
-        listed += f", ... ({len(keys) - _MAX_LISTED_KEYS} more)"
+    listed = ", ".join(keys[:limit])
+    if len(keys) > limit:
+        listed += f", ... ({len(keys) - limit} more)"
     return listed
 
 
