@@ -70,6 +70,7 @@ class MambaADv2(AnomalibModule):
         chunk_size: SSD chunk size (tokens per chunk of the scan).
         sigma: Gaussian blur of the anomaly map in pixels.
         activation_checkpointing: Recompute HSS activations in backward (less training memory, more compute).
+        feature_dropout: Dropout on the encoder features entering the bottleneck, training only (noisy bottleneck).
         loss: ``"mse"`` (5·MSE per scale) or ``"cosine"``.
         lr: Learning rate at batch size 16; scaled linearly with the training batch size.
         weight_decay: AdamW weight decay (not applied to biases, norms, SSM scalars and filters).
@@ -102,6 +103,7 @@ class MambaADv2(AnomalibModule):
         chunk_size: int = 32,
         sigma: float = 4.0,
         activation_checkpointing: bool = False,
+        feature_dropout: float = 0.0,
         loss: str = "mse",
         lr: float = 0.005,
         weight_decay: float = 1e-4,
@@ -144,6 +146,7 @@ class MambaADv2(AnomalibModule):
             ssd_backend=ssd_backend,
             sigma=sigma,
             activation_checkpointing=activation_checkpointing,
+            feature_dropout=feature_dropout,
         )
         self.loss = ReconstructionLoss(loss)
 

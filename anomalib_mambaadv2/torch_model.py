@@ -72,6 +72,7 @@ class MambaADv2Model(nn.Module):
         sigma: Gaussian blur of the anomaly map in pixels.
         activation_checkpointing: Recompute each HSS block's activations in backward instead of keeping them
             (training memory for compute; off by default).
+        feature_dropout: Dropout on the encoder features entering the bottleneck, training only (noisy bottleneck).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class MambaADv2Model(nn.Module):
         ssd_backend: str = "torch",
         sigma: float = 4.0,
         activation_checkpointing: bool = False,
+        feature_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if len(layers) != 3:
@@ -112,7 +114,7 @@ class MambaADv2Model(nn.Module):
         widths = [2 * channels[-1], channels[2], channels[1], channels[0]]
         stride0 = 2 * reductions[-1]
         grids = [(self.image_size[0] * 2**i // stride0, self.image_size[1] * 2**i // stride0) for i in range(4)]
-        self.bottleneck = Bottleneck(channels, reductions, out_channels=widths[0])
+        self.bottleneck = Bottleneck(channels, reductions, out_channels=widths[0], feature_dropout=feature_dropout)
 
         total = sum(depths)
         rates = torch.linspace(0, drop_path_rate, total).tolist()

@@ -51,6 +51,7 @@ OPTIONS = {
     "ssd_backend": ("auto", lambda m: cores(m)[0].ssd_backend),
     "sigma": (2.0, lambda m: m.model.anomaly_map.sigma),
     "activation_checkpointing": (True, lambda m: all(b.checkpointing for b in m.modules() if isinstance(b, HSSBlock))),
+    "feature_dropout": (0.3, lambda m: m.model.bottleneck.dropout.p if hasattr(m.model.bottleneck.dropout, "p") else 0),
     "loss": ("cosine", lambda m: m.loss.kind),
     "lr": (0.001, lambda m: m.lr),
     "weight_decay": (0.0, lambda m: m.weight_decay),

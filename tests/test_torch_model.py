@@ -333,3 +333,19 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(loss0, loss1)
     assert grads0.keys() == grads1.keys() and len(grads0) > 50
     assert max((grads0[n] - grads1[n]).abs().max().item() for n in grads0) <= 1e-6
+
+
+def test_feature_dropout_corrupts_the_code_in_training_only():
+    torch.manual_seed(0)
+    model = MambaADv2Model(
+        backbone="resnet18", pre_trained=False, image_size=(64, 64), depths=(1, 1, 1, 1), feature_dropout=0.5
+    )
+    sizes = zip(model.encoder.channels, model.encoder.reductions, strict=True)
+    feats = [torch.randn(2, c, 64 // r, 64 // r) for c, r in sizes]
+    model.bottleneck.train()
+    a, b = model.bottleneck(feats), model.bottleneck(feats)
+    assert not torch.allclose(a, b)  # a fresh mask each call
+    model.bottleneck.eval()
+    assert torch.equal(model.bottleneck(feats), model.bottleneck(feats))
+    with pytest.raises(ValueError, match=r"feature_dropout must be in \[0, 1\)"):
+        MambaADv2Model(backbone="resnet18", pre_trained=False, image_size=(64, 64), feature_dropout=1.0)

@@ -52,10 +52,23 @@ class Bottleneck(nn.Module):
         channels: Encoder channels per level, shallow to deep.
         reductions: Encoder strides per level (each a power-of-two multiple of the previous one).
         out_channels: Output channels (default ``2 × channels[-1]``).
+        feature_dropout: Dropout rate on the encoder features entering the bottleneck, in training only (Dinomaly's
+            noisy bottleneck: the decoder must restore normal features from a corrupted code, so it generalises less
+            to anomalous ones). 0 disables it (MambaAD).
     """
 
-    def __init__(self, channels: Sequence[int], reductions: Sequence[int], out_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        reductions: Sequence[int],
+        out_channels: int | None = None,
+        feature_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= feature_dropout < 1.0:
+            msg = f"feature_dropout must be in [0, 1), got {feature_dropout}."
+            raise ValueError(msg)
+        self.dropout = nn.Dropout(feature_dropout) if feature_dropout > 0 else nn.Identity()
         deep = channels[-1]
         self.out_channels = out_channels or 2 * deep
         self.fuse = nn.ModuleList()
@@ -68,7 +81,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         """Encoder features (shallow to deep) → (B, out_channels, H_deep/2, W_deep/2)."""
-        fused = sum(f(x) for f, x in zip(self.fuse, feats, strict=True))
+        fused = sum(f(self.dropout(x)) for f, x in zip(self.fuse, feats, strict=True))
         return self.embed(fused)
 
 
