@@ -69,7 +69,8 @@ import torch.nn.functional as F
 from benchinfo import git_commit
 from torch import Tensor
 
-from anomalib_mambaadv2.components.ssd import fused_available, ssd, ssd_reference
+from anomalib_mambaadv2.components.ssd import fused_available
+from anomalib_mambaadv2.components.ssd_reference import ssd, ssd_reference
 
 HEADDIM = 32
 STATE = 32

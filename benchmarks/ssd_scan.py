@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from benchinfo import git_commit
 
-from anomalib_mambaadv2.components.ssd import ssd, ssd_quadratic, ssd_reference
+from anomalib_mambaadv2.components.ssd_reference import ssd, ssd_quadratic, ssd_reference
 
 HEADDIM = 32
 STATE = 32

@@ -3,8 +3,8 @@
 
 The reference below shares no scan code with :class:`~anomalib_mambaadv2.components.hss.HSSCore`: each direction is
 gathered with :func:`~anomalib_mambaadv2.components.scanning.scan_permutations`, run through the token-by-token
-recurrence :func:`~anomalib_mambaadv2.components.ssd.ssd_reference`, and the matrix path is the explicit L×L matrix
-``(1/L) C̃ B̃ᵀ`` applied to ``s ⊙ x``.
+recurrence :func:`~anomalib_mambaadv2.components.ssd_reference.ssd_reference`, and the matrix path is the explicit
+L×L matrix ``(1/L) C̃ B̃ᵀ`` applied to ``s ⊙ x``.
 """
 
 import math
@@ -15,18 +15,18 @@ import torch.nn.functional as F
 
 from anomalib_mambaadv2.components.hss import MAX_LOG_DECAY, HSSCore
 from anomalib_mambaadv2.components.scanning import scan_permutations
-from anomalib_mambaadv2.components.ssd import ssd_reference
+from anomalib_mambaadv2.components.ssd_reference import ssd_reference
 
 DIM = 16
 SMALL = {"d_state": 8, "headdim": 8, "chunk_size": 4}  # d_inner 32: 4 heads of 8 channels, 2 rotated pairs
 
 
-def rotate_adjacent(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (2i, 2i+1) of ``v`` (…, N) by ``theta`` (…, S), written out with cos and sin."""
+def rotate_pairs(v: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs of dims (i, S+i) of ``v`` (…, N) by ``theta`` (…, S), written out with cos and sin."""
     s = theta.shape[-1]
-    even, odd = v[..., 0 : 2 * s : 2], v[..., 1 : 2 * s : 2]
-    pairs = torch.stack((even * theta.cos() - odd * theta.sin(), even * theta.sin() + odd * theta.cos()), -1)
-    return torch.cat((pairs.flatten(-2), v[..., 2 * s :]), -1)
+    first, second = v[..., :s], v[..., s : 2 * s]
+    cos, sin = theta.cos(), theta.sin()
+    return torch.cat((first * cos - second * sin, first * sin + second * cos, v[..., 2 * s :]), -1)
 
 
 def hss_step_reference(core: HSSCore, u: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -51,11 +51,6 @@ def hss_step_reference(core: HSSCore, u: torch.Tensor) -> tuple[torch.Tensor, bo
     Bh = rms(Bp).reshape(b, length, 1, n) + core.B_bias  # (b, L, heads, N): a bias per head
     Ch = rms(Cp).reshape(b, length, 1, n) + core.C_bias
     omega = math.pi * torch.tanh(ang.reshape(b, length, -1)) if core.npairs else None
-    if core.npairs:  # the core rotates state dims (i, S+i); the reference rotates adjacent dims (2i, 2i+1)
-        s2 = core.npairs
-        order = torch.arange(n)
-        order[: 2 * s2] = torch.stack((torch.arange(s2), torch.arange(s2) + s2), -1).flatten()
-        Bh, Ch = Bh[..., order], Ch[..., order]
 
     perm, inv = scan_permutations(hh, ww, core.scan_curve)
     ys = []
@@ -69,7 +64,7 @@ def hss_step_reference(core: HSSCore, u: torch.Tensor) -> tuple[torch.Tensor, bo
             s_k = torch.cat((s_k[:, :-1] + ((1 - lamk) * dtk)[:, 1:], s_k[:, -1:]), 1)
             if omk is not None:
                 theta = torch.cumsum(omk[:, :, None, :] * dtk[..., None], 1)  # (b, L, heads, pairs)
-                Bk, Ck = rotate_adjacent(Bk, theta), rotate_adjacent(Ck, theta)
+                Bk, Ck = rotate_pairs(Bk, theta), rotate_pairs(Ck, theta)
             M = torch.einsum("bthn,bshn->bhts", Ck, Bk) / length  # every token against every other
             yk = yk + core.gain[:, None] * torch.einsum("bhts,bshp->bthp", M, xk * s_k[..., None])
         ys.append(yk[:, inv[k]])

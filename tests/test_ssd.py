@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from anomalib_mambaadv2.components.ssd import (
+from anomalib_mambaadv2.components.ssd_reference import (
     global_matrix_mix,
     segsum,
     ssd,
@@ -221,15 +221,18 @@ def test_exclusive_segsum():
                 torch.testing.assert_close(out[:, t, s], a[:, s + 1 : t].sum(-1))
 
 
-def test_rotate_halves_is_rotate_pairs_relabelled():
-    from anomalib_mambaadv2.components.ssd import _adjacent_to_halves, _rotate_halves, rotate_pairs
+def test_rotate_halves_turns_dims_i_and_s_plus_i():
+    """Pair i of the state is the complex number v_i + i·v_{S+i}; rotating it is multiplying by e^{iθ}."""
+    from anomalib_mambaadv2.components.ssd import _rotate_halves
 
     gen = torch.Generator().manual_seed(0)
     B, C = torch.randn(3, 11, 16, generator=gen), torch.randn(3, 11, 16, generator=gen)
     theta = torch.rand(3, 11, 4, generator=gen) * 6
-    Bh, Ch = _rotate_halves(_adjacent_to_halves(B, 4), _adjacent_to_halves(C, 4), theta)
-    torch.testing.assert_close(Bh, _adjacent_to_halves(rotate_pairs(B, theta), 4))
-    torch.testing.assert_close(Ch, _adjacent_to_halves(rotate_pairs(C, theta), 4))
+    for v, turned in zip((B, C), _rotate_halves(B, C, theta), strict=True):
+        z = torch.complex(v[..., :4], v[..., 4:8]) * torch.polar(torch.ones_like(theta), theta)
+        torch.testing.assert_close(turned[..., :4], z.real)
+        torch.testing.assert_close(turned[..., 4:8], z.imag)
+        assert torch.equal(turned[..., 8:], v[..., 8:])  # dims >= 2S are not rotated
 
 
 def test_sequences_matrix_gain_adds_the_dual_form_with_ones_mask():
@@ -357,22 +360,20 @@ def test_segsum_keeps_small_segments_after_a_huge_decay():
 
 def test_sequences_matrix_path_with_rotation_matches_explicit_float64():
     """ssd_sequences(matrix_gain=g) with trapezoid and rotation == step-by-step scan + g (1/L) (C̃ B̃ᵀ)(s ⊙ x)."""
-    from anomalib_mambaadv2.components.ssd import _adjacent_to_halves, ssd_sequences
+    from anomalib_mambaadv2.components.ssd import ssd_sequences
 
     inp = make_inputs(b=2, l=70, h=3, g=3, p=4, n=8, s=2, dtype=torch.float64, seed=12)
     x, dt, lam, omega = inp["x"], inp["dt"], inp["lam"], inp["omega"]
     b, l, h, _ = x.shape
     # a large gain, so the matrix path is a large part of the output (with 1/L it is small at HSS's gain of 0.5)
     gain = 10.0 * torch.rand(h, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 5.0
-    # explicit: rotate adjacent pairs by θ_t = Σ_{r<=t} ω_r Δ_r, then the full L×L all-ones-mask dual form
+    # explicit: rotate the pairs of dims (i, S+i) by θ_t = Σ_{r<=t} ω_r Δ_r, then the full L×L all-ones-mask dual form
     theta = torch.cumsum(omega * dt[..., None], 1)
     cos, sin = theta.cos(), theta.sin()
 
     def rotate(v):
-        even, odd = v[..., 0:4:2], v[..., 1:4:2]
-        return torch.cat(
-            (torch.stack((even * cos - odd * sin, even * sin + odd * cos), -1).flatten(-2), v[..., 4:]), -1
-        )
+        first, second = v[..., 0:2], v[..., 2:4]
+        return torch.cat((first * cos - second * sin, first * sin + second * cos, v[..., 4:]), -1)
 
     Bt, Ct = rotate(inp["B"]), rotate(inp["C"])
     s = lam * dt + torch.cat(((1 - lam) * dt, torch.zeros_like(dt[:, :1])), 1)[:, 1:]
@@ -382,8 +383,7 @@ def test_sequences_matrix_path_with_rotation_matches_explicit_float64():
     def seqs(t):
         return t.transpose(1, 2).reshape(b * h, l, *t.shape[3:])
 
-    B2, C2 = (_adjacent_to_halves(v, 2) for v in (inp["B"], inp["C"]))  # ssd_sequences rotates dims (i, S+i)
-    args = [seqs(t) for t in (x, dt, inp["A"], B2, C2)]
+    args = [seqs(t) for t in (x, dt, inp["A"], inp["B"], inp["C"])]
     out = ssd_sequences(*args, inp["D"].repeat(b), seqs(lam), seqs(omega), matrix_gain=gain.repeat(b), chunk_size=8)
     out = out.reshape(b, h, l, -1).transpose(1, 2)
     without = ssd_sequences(*args, inp["D"].repeat(b), seqs(lam), seqs(omega), chunk_size=8)

@@ -6,10 +6,7 @@ import math
 import pytest
 import torch
 
-from anomalib_mambaadv2.components.ssd import (
-    ssd,
-    ssd_reference,
-)
+from anomalib_mambaadv2.components.ssd_reference import ssd, ssd_reference
 
 
 def long_inputs(L, decay, dtype=torch.float64, seed=0, b=1, h=2, p=3, n=8, s=2):

@@ -10,7 +10,7 @@ from scipy import ndimage
 from anomalib_mambaadv2.anomaly_map import AnomalyMapGenerator
 from anomalib_mambaadv2.components.hss import MAX_LOG_DECAY, HSSCore
 from anomalib_mambaadv2.components.scanning import scan_permutations
-from anomalib_mambaadv2.components.ssd import global_matrix_mix, position_aware_bc, ssd
+from anomalib_mambaadv2.components.ssd_reference import global_matrix_mix, position_aware_bc, ssd
 from anomalib_mambaadv2.loss import ReconstructionLoss
 from anomalib_mambaadv2.torch_model import MambaADv2Model, dss_grouping
 
@@ -140,11 +140,6 @@ def hss_reference(core: HSSCore, u: torch.Tensor) -> torch.Tensor:
     Cp = Cp / Cp.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() + core.C_bias
     lam = torch.sigmoid(trap.reshape(b, length, nh)) if core.use_trapezoid else None
     omega = math.pi * torch.tanh(ang.reshape(b, length, -1)) if core.npairs else None
-    if core.npairs:  # the core pairs state dims (i, S+i); ssd() takes adjacent pairs (2i, 2i+1)
-        s2 = core.npairs
-        order = torch.arange(Bp.shape[-1])
-        order[: 2 * s2] = torch.stack((torch.arange(s2), torch.arange(s2) + s2), -1).flatten()
-        Bp, Cp = Bp[..., order], Cp[..., order]
     perm, inv = scan_permutations(hh, ww, core.scan_curve)
     ys = []
     for k in core.directions:

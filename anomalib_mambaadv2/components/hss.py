@@ -82,7 +82,8 @@ class HSSCore(nn.Module):
         rotation: Data-dependent rotary position of B and C (else none, as Mamba-2).
         scan_curve: ``"auto"``, ``"hilbert"``, ``"snake"`` or ``"raster"``.
         chunk_size: SSD chunk size.
-        ssd_backend: ``"torch"``, ``"fused"`` or ``"auto"`` (see :func:`~anomalib_mambaadv2.components.ssd.ssd`).
+        ssd_backend: ``"torch"``, ``"fused"`` or ``"auto"``
+            (see :func:`~anomalib_mambaadv2.components.ssd.ssd_sequences`).
         grid_size: ``(H, W)`` of the grid this block will see, if known: its scan indices are then made once, as
             non-persistent buffers, so ``torch.compile`` traces the block without a graph break. Other grids still
             work (their indices are made on first use).
