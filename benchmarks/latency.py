@@ -17,16 +17,14 @@ Distillation are benchmarked untrained; PatchCore needs a memory bank, so it is 
 generated dataset (``make_embedded_dataset``, category ``brick``, 16 training images); its memory bank is far smaller
 than on a real dataset, so its nearest-neighbour search (and its latency) is understated.
 
-Export goes through Anomalib's own path, ``model.to_onnx(root, input_size=(S, S), opset_version=18)`` (MambaADv2's
-default opset; the others are asked for 18 too, rather than Anomalib's default 14, whose down-conversion fails
-harmlessly on these graphs). The first export keeps Anomalib's default dynamic batch axis; if the exported graph's
-batch dimension came out fixed anyway (PatchCore: fixed at 2), the model is exported again at a fixed batch of 1
-(``dynamic_axes={}``) and of 8 (``dynamic_shapes=({0: 8},)``). The OpenVINO IR is made from that same ONNX file the
-way ``model.to_openvino`` does it (``ov.convert_model`` + ``ov.save_model(compress_to_fp16=False)``), so the slow
-MambaADv2 export runs once; a dynamic-batch IR is reshaped to the static batch before compiling. OpenVINO runs with
-``{"INFERENCE_PRECISION_HINT": "f32"}`` and again with ``"bf16"``, both forced by hint whatever this CPU's default;
-each row names the precision the compiled model reports (a CPU without bf16 support may run the bf16 hint in f32),
-and the "max abs Δ" column is to be read against that precision (bf16 keeps 8 mantissa bits).
+Export goes through Anomalib's own path, ``model.to_onnx(root, input_size=(S, S), opset_version=18)`` (18 for every
+model: Anomalib's default 14 down-converts with harmless failures here), keeping Anomalib's dynamic batch axis; where
+the batch came out fixed anyway (PatchCore: at 2) the model is exported again at batch 1 and 8
+(``runtimes.export_batches``). The OpenVINO IR comes from that ONNX file as in ``to_openvino`` (``ov.convert_model`` +
+``ov.save_model(compress_to_fp16=False)``), so the slow MambaADv2 export runs once; a dynamic-batch IR is reshaped to
+the static batch. OpenVINO runs with ``{"INFERENCE_PRECISION_HINT": "f32"}`` and ``"bf16"``, forced by hint whatever
+the CPU's default; each row names the precision the compiled model reports (a CPU without bf16 may run the bf16 hint
+in f32), and its "max abs Δ" is to be read against it (bf16 keeps 8 mantissa bits).
 
 Timing: all (model, runtime) pairs are alternated within every repeat (the start rotates each repeat), after warm-up
 calls (batch 1: two, batch 8: one; the first one's outputs are compared with torch eager); the table gives medians
@@ -35,11 +33,9 @@ and the interquartile range relative to the median. All runtimes use ``--threads
 absolute numbers are noisy, the side-by-side ratios less so.
 
 Busy-waiting: by default torch runs with ``OMP_WAIT_POLICY=PASSIVE`` and ONNX Runtime with
-``session.intra_op.allow_spinning=0``. With the libraries' spinning defaults, on a CPU that other jobs also use, a
-thread pool that waits at every operator for a thread the kernel has descheduled collapses: MambaADv2's many small
-operators ran 10–35× slower in torch eager with 2 threads than with 1 on a 2-core machine at load 4–5, which would
-make any "exported vs torch" ratio meaningless. ``--spin`` keeps the libraries' defaults. (OpenVINO's TBB pool has no
-such switch.)
+``session.intra_op.allow_spinning=0``. With the spinning defaults, on a CPU that other jobs share, a pool waiting at
+every operator for a descheduled thread collapses: MambaADv2's many small operators ran 10–35× slower in torch eager
+with 2 threads than with 1 on 2 cores at load 4–5. ``--spin`` keeps the defaults (OpenVINO's TBB pool has no switch).
 
 The script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=1048576`` (PatchCore's coreset selection otherwise leaves
 glibc holding freed temporaries until the process runs out of memory), ``OMP_WAIT_POLICY=PASSIVE`` (see above; not
@@ -51,8 +47,6 @@ about 5 minutes; a full run takes about 15 minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import math
 import os
 import platform
@@ -62,12 +56,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import runtimes as rt
 from benchinfo import cpu_name, git_commit
+from runtimes import fmt, measure, say, spread
 
 ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 MODELS = {"mambaadv2": "MambaADv2", "rd": "ReverseDistillation", "patchcore": "Patchcore"}
@@ -84,30 +80,6 @@ def reexec_with_env() -> None:
         os.environ.update(missing, _LATENCY_BENCH_REEXEC="1")
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
-@contextlib.contextmanager
-def quiet(log: Path) -> Iterator[None]:
-    """Send stdout and stderr (Python and file descriptors 1/2) to ``log`` for the duration."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with log.open("a", encoding="utf-8") as handle:
-        os.dup2(handle.fileno(), 1)
-        os.dup2(handle.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
-                yield
-        finally:
-            handle.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 @dataclass
@@ -188,170 +160,36 @@ BUILDERS: dict[str, Callable[[int, Path, argparse.Namespace], Any]] = {
 }
 
 
-def onnx_batch_dim(path: Path) -> int | str:
-    """The exported graph's batch dimension: a name where it is dynamic, else its size."""
-    import onnx
-
-    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    return dim.dim_param or dim.dim_value
-
-
-def export_onnx(module: Any, root: Path, size: int, batch: int | None) -> Path:
-    """``module.to_onnx`` at ``size``; ``batch`` None keeps Anomalib's default dynamic batch axis."""
-    kwargs: dict[str, Any] = {"opset_version": 18}
-    if batch == 1:
-        kwargs["dynamic_axes"] = {}
-    elif batch is not None:
-        kwargs["dynamic_shapes"] = ({0: batch},)
-    return module.to_onnx(root, input_size=(size, size), **kwargs)
-
-
-def onnx_to_ir(onnx_path: Path, root: Path) -> Path:
-    """What ``to_openvino`` does after its ``to_onnx``: convert and save uncompressed (f32 weights)."""
-    import openvino as ov
-
-    root.mkdir(parents=True, exist_ok=True)
-    xml = root / "model.xml"
-    ov.save_model(ov.convert_model(onnx_path), xml, compress_to_fp16=False)
-    return xml
-
-
 def export_entry(entry: Entry, size: int, work: Path) -> None:
-    base = work / entry.name
     start = time.perf_counter()
-    first = export_onnx(entry.module, base / "dynamic", size, None)
-    dim = onnx_batch_dim(first)
-    if isinstance(dim, str):
-        entry.dynamic = True
-        entry.onnx = dict.fromkeys(BATCHES, first)
-        entry.export = "dynamic batch"
-    else:
-        entry.notes.append(f"default (dynamic-batch) export fixed the batch at {dim}; re-exported at fixed batches")
-        entry.onnx = {b: first if b == dim else export_onnx(entry.module, base / f"b{b}", size, b) for b in BATCHES}
-        entry.export = "fixed batch, one export per batch"
+    entry.onnx, how = rt.export_batches(entry.module, work / entry.name, size, BATCHES)
+    entry.dynamic = how == "dynamic batch"
+    entry.export = "dynamic batch" if entry.dynamic else "fixed batch, one export per batch"
+    if not entry.dynamic:
+        entry.notes.append(how)
     irs: dict[Path, Path] = {}
     for b, path in entry.onnx.items():
         if path not in irs:
-            irs[path] = onnx_to_ir(path, path.parent.parent / "openvino")
+            irs[path] = rt.onnx_to_ir(path, path.parent.parent / "openvino")
         entry.ir[b] = irs[path]
     entry.export += f" ({time.perf_counter() - start:.0f} s)"
 
 
-def ov_default_precision() -> str:
-    import openvino as ov
-
-    from anomalib_mambaadv2.deploy import precision_name
-
-    return precision_name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
-
-
 def make_runner(entry: Entry, runtime: str, batch: int, x: Any, threads: int, spin: bool) -> Callable[[], Any]:
     """A no-argument callable running one batch; it returns the outputs as {name: numpy array}."""
-    import numpy as np
-    import torch
-
     if runtime == TORCH:
-        xt = torch.from_numpy(x)
-
-        def run_torch() -> dict[str, Any]:
-            with torch.inference_mode():
-                out = entry.module(xt)
-            return {k: v.numpy() for k, v in out._asdict().items() if isinstance(v, torch.Tensor)}
-
-        return run_torch
+        return rt.torch_runner(entry.module, x)
     if runtime == ORT:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        session = ort.InferenceSession(str(entry.onnx[batch]), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        feed = {session.get_inputs()[0].name: x}
-        return lambda: dict(zip(names, session.run(None, feed), strict=True))
-    import openvino as ov
-
-    from anomalib_mambaadv2.deploy import precision_name
-
-    core = ov.Core()
-    model = core.read_model(entry.ir[batch])
-    if entry.dynamic:
-        model.reshape([batch, *x.shape[1:]])
-    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": OV_HINTS[runtime]}
-    compiled = core.compile_model(model, "CPU", config)
-    entry.precision[runtime] = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    request = compiled.create_infer_request()
-    known = ("pred_score", "pred_label", "anomaly_map", "pred_mask")  # the compiled graph may rename, e.g. "amax"
-    names = [next((n for n in known if n in o.get_names()), o.get_any_name()) for o in compiled.outputs]
-
-    def run_ov() -> dict[str, Any]:
-        result = request.infer({0: x})
-        return {name: np.asarray(result[out]) for name, out in zip(names, compiled.outputs, strict=True)}
-
-    return run_ov
+        return rt.ort_runner(entry.onnx[batch], x, threads, spin)
+    run, entry.precision[runtime] = rt.ov_runner(entry.ir[batch], batch, OV_HINTS[runtime], threads)
+    return lambda: run(x)
 
 
-def max_abs_diff(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
-    import numpy as np
-
-    if key not in a or key not in b:
-        return math.nan
-    x, y = np.asarray(a[key], np.float64), np.asarray(b[key], np.float64)
-    if x.size != y.size:
-        return math.inf
-    finite = np.isfinite(x) & np.isfinite(y.reshape(x.shape))
-    if not finite.any():
-        return math.nan
-    return float(np.abs(x - y.reshape(x.shape))[finite].max())
-
-
-def measure(
-    runners: dict[tuple[str, str], Callable[[], Any]], repeats: int, warmups: int, loads: list[float], label: str
-) -> dict[tuple[str, str], list[float]]:
-    """Seconds per call for each runner; all runners alternate within each repeat, the start rotates."""
-    keys = list(runners)
-    for key in keys:
-        for _ in range(warmups):
-            runners[key]()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
-    gc.collect()
-    for r in range(repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            runners[key]()
-            times[key].append(time.perf_counter() - start)
-        loads.append(os.getloadavg()[0])
-        say(f"  {label}: repeat {r + 1}/{repeats}, load average {loads[-1]:.2f}")
-    return times
-
-
-def spread(values: list[float]) -> float:
-    """Interquartile range relative to the median, in percent."""
-    if len(values) < 2:
-        return math.nan
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return 100 * (q3 - q1) / statistics.median(values)
-
-
-def fmt(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def ratio_line(
-    label: str, times: dict[tuple[str, str], list[float]], num: tuple[str, str], den: tuple[str, str], target: float
-) -> str:
-    if num not in times or den not in times:
-        return f"- {label}: n/a (not measured)"
-    a, b = times[num], times[den]
-    ratio = statistics.median(a) / statistics.median(b)
-    paired = statistics.median(x / y for x, y in zip(a, b, strict=True))
-    verdict = "PASS" if ratio <= target else "FAIL"
-    return (
-        f"- {label}: **{ratio:.2f}** (median of per-repeat paired ratios {paired:.2f}), target ≤ {target:.1f}: "
-        f"**{verdict}**"
-    )
+def ratio_lines(times: dict[int, dict[tuple[str, str], list[float]]], batch: int, prefix: str) -> list[str]:
+    """MambaADv2 OpenVINO f32 against its torch eager and against Reverse Distillation's OpenVINO f32."""
+    label, mamba, t = f"{prefix}MambaADv2 OpenVINO / ", ("MambaADv2", OV_F32), times[batch]
+    own = rt.ratio_line(label + ("" if prefix else "MambaADv2 ") + "torch eager", t, mamba, ("MambaADv2", TORCH), 1.0)
+    return [own, rt.ratio_line(label + "ReverseDistillation OpenVINO", t, mamba, ("ReverseDistillation", OV_F32), 1.0)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -400,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ov_default = ov_default_precision()
+    ov_default = rt.ov_default_precision()
     runtimes = [TORCH, ORT, OV_F32, OV_BF16]
 
     entries: list[Entry] = []
@@ -410,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         step = time.perf_counter()
         say(f"[{name}] building{' and fitting' if name == 'Patchcore' else ''} …")
         try:
-            with quiet(log):
+            with rt.quiet(log):
                 entry.module = BUILDERS[name](args.size, work, args).eval()
             if name == "Patchcore":
                 bank = tuple(entry.module.model.memory_bank.shape)
                 entry.notes.append(f"memory bank {bank[0]}×{bank[1]} (coreset ratio {args.coreset_ratio})")
             say(f"[{name}] exporting (ONNX, then OpenVINO IR) … ({time.perf_counter() - step:.0f} s so far)")
-            with quiet(log):
+            with rt.quiet(log):
                 export_entry(entry, args.size, work)
             say(f"[{name}] {entry.export}")
         except Exception as error:
@@ -442,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 if runtime in entry.errors:
                     continue
                 try:
-                    with quiet(log):
+                    with rt.quiet(log):
                         runners[entry.name, runtime] = make_runner(
                             entry, runtime, batch, inputs[batch], args.threads, args.spin
                         )
@@ -466,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     reference = out
                 elif reference is not None:
                     diffs.setdefault((entry.name, runtime), []).extend(
-                        [max_abs_diff(reference, out, "anomaly_map"), max_abs_diff(reference, out, "pred_score")]
+                        [rt.max_abs_diff(reference, out, "anomaly_map"), rt.max_abs_diff(reference, out, "pred_score")]
                     )
         say(f"measuring batch {batch}: {len(runners)} (model, runtime) pairs interleaved, {repeats} repeats")
         times[batch] = measure(runners, repeats, 1 if batch == 1 else 0, loads, f"batch {batch}")
@@ -523,29 +361,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Ratios of batch-1 latency (OpenVINO with the f32 hint):",
         "",
-        ratio_line(
-            "MambaADv2 OpenVINO / MambaADv2 torch eager", times[1], ("MambaADv2", OV_F32), ("MambaADv2", TORCH), 1.0
-        ),
-        ratio_line(
-            "MambaADv2 OpenVINO / ReverseDistillation OpenVINO",
-            times[1],
-            ("MambaADv2", OV_F32),
-            ("ReverseDistillation", OV_F32),
-            1.0,
-        ),
+        *ratio_lines(times, 1, ""),
         "",
         "For reference, the same ratios of batch-8 time per call (not targets):",
         "",
-        ratio_line(
-            "batch 8, MambaADv2 OpenVINO / torch eager", times[8], ("MambaADv2", OV_F32), ("MambaADv2", TORCH), 1
-        ),
-        ratio_line(
-            "batch 8, MambaADv2 OpenVINO / ReverseDistillation OpenVINO",
-            times[8],
-            ("MambaADv2", OV_F32),
-            ("ReverseDistillation", OV_F32),
-            1,
-        ),
+        *ratio_lines(times, 8, "batch 8, "),
         "",
         "Notes:",
         "",
