@@ -9,6 +9,9 @@ plus ``infer``: batch inference with an exported OpenVINO or ONNX model, without
 (see :mod:`anomalib_mambaadv2.deploy`)::
 
     anomalib-mambaadv2 infer --model model.xml --input images/ --output predictions/
+    anomalib-mambaadv2 infer --model model.xml --input images/ --output predictions/ --category bottle
+
+(``--category``: a multi-class model's per-category thresholds, from ``category_thresholds.json`` next to the model.)
 """
 
 from __future__ import annotations

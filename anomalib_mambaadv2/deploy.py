@@ -22,12 +22,20 @@ Python::
     from anomalib_mambaadv2.deploy import ExportedModel
     model = ExportedModel("model.xml")                  # or "model.onnx"
     result = model.predict(rgb_uint8_array)             # {"score": float, "label": bool, "anomaly_map": HxW}
+
+Per-category thresholds (a model trained with a multi-class datamodule; see
+:mod:`anomalib_mambaadv2.category_thresholds`): every export writes ``category_thresholds.json`` next to the model
+file, and ``ExportedModel(path, category="bottle")`` / ``infer --category bottle`` labels with that category's
+thresholds (``label = score >= image threshold``, and a ``"mask"``: ``anomaly_map >= pixel threshold``)::
+
+    {"version": 1, "categories": {"bottle": {"image": 0.47, "pixel": 0.53, ...}, ...}, "normalisation": {...}}
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +49,49 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CSV_NAME = "predictions.csv"
 FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 OVERLAY_DIR = "overlays"
+THRESHOLDS_FILE = "category_thresholds.json"
+THRESHOLDS_VERSION = 1
 
 
 def precision_name(hint: object) -> str:
     """OpenVINO's ``INFERENCE_PRECISION_HINT`` property (an ``ov.Type``) as a name such as ``"f32"`` or ``"bf16"``."""
     return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
+def load_category_thresholds(model_path: str | Path, category: str) -> dict[str, float]:
+    """The image and pixel thresholds of ``category`` from the ``category_thresholds.json`` next to ``model_path``.
+
+    Raises:
+        ValueError: If the file is missing, unreadable or of another version, or does not know ``category``; the
+            message names the known categories and the fix.
+    """
+    path = Path(model_path).parent / THRESHOLDS_FILE
+    if not path.is_file():
+        msg = (
+            f"category {category!r} asked for, but there is no {THRESHOLDS_FILE} next to {model_path}: this export has "
+            "no per-category thresholds. Train with a multi-class datamodule (anomalib_mambaadv2.data.MultiClass*) "
+            "and export again (the file is written next to model.onnx / model.xml), or leave out the category to use "
+            "the global threshold."
+        )
+        raise ValueError(msg)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        msg = f"{path} cannot be read ({err}); export the model again to rewrite it."
+        raise ValueError(msg) from err
+    version = document.get("version") if isinstance(document, dict) else None
+    if version != THRESHOLDS_VERSION:
+        msg = f"{path} has version {version!r}; this runtime reads version {THRESHOLDS_VERSION}: export it again."
+        raise ValueError(msg)
+    categories = document.get("categories") or {}
+    if category not in categories:
+        msg = (
+            f"Unknown category {category!r}: {path} has thresholds for {sorted(categories)}. Pass one of those, or "
+            "leave out the category to use the global threshold."
+        )
+        raise ValueError(msg)
+    entry = categories[category]
+    return {level: float(entry[level]) for level in ("image", "pixel")}
 
 
 class ExportedModel:
@@ -57,16 +103,30 @@ class ExportedModel:
         precision: OpenVINO inference precision hint: ``"f32"`` (exact), ``"bf16"``/``"f16"`` (faster where the
             hardware supports it), or None for OpenVINO's default (bf16 on CPUs that support it).
         bit_depth: Significant bits of 16-bit input images (e.g. 12); default: the full 16-bit range.
+        category: Label with this category's thresholds from ``category_thresholds.json`` next to the model (a
+            multi-class model); None: the exported model's global threshold.
+
+    Raises:
+        FileNotFoundError: If the model file does not exist.
+        ValueError: For an unsupported model, or a category the model has no thresholds for (see
+            :func:`load_category_thresholds`).
     """
 
     def __init__(
-        self, path: str | Path, device: str = "CPU", precision: str | None = "f32", bit_depth: int | None = None
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        precision: str | None = "f32",
+        bit_depth: int | None = None,
+        category: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.bit_depth = bit_depth
         if not self.path.is_file():
             msg = f"Exported model {self.path} not found (expected model.xml or model.onnx from `anomalib export`)."
             raise FileNotFoundError(msg)
+        self.category = category
+        self.thresholds = None if category is None else load_category_thresholds(self.path, category)
         if self.path.suffix == ".xml":
             import openvino as ov
 
@@ -108,11 +168,20 @@ class ExportedModel:
         return (np.asarray(pil, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
 
     def predict(self, image: np.ndarray | Image.Image) -> dict:
-        """Score one image: ``{"score": float, "label": bool, "anomaly_map": (h, w) float32}``."""
+        """Score one image: ``{"score": float, "label": bool, "anomaly_map": (h, w) float32}``.
+
+        With a ``category`` the label is ``score >= `` its image threshold and the result has a ``"mask"`` as well:
+        ``anomaly_map >= `` its pixel threshold ((h, w) bool).
+        """
         out = dict(zip(self._outputs, self._run(self.preprocess(image)), strict=True))
         score = float(np.asarray(out["pred_score"]).reshape(-1)[0])
+        anomaly_map = np.asarray(out["anomaly_map"], np.float32)[0, 0]
+        if self.thresholds is not None:
+            label = score >= self.thresholds["image"]
+            mask = anomaly_map >= np.float32(self.thresholds["pixel"])
+            return {"score": score, "label": label, "anomaly_map": anomaly_map, "mask": mask}
         label = bool(np.asarray(out["pred_label"]).reshape(-1)[0]) if "pred_label" in out else score >= 0.5
-        return {"score": score, "label": label, "anomaly_map": np.asarray(out["anomaly_map"], np.float32)[0, 0]}
+        return {"score": score, "label": label, "anomaly_map": anomaly_map}
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
@@ -190,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--bit-depth", type=int, help="significant bits of 16-bit images, e.g. 12 (default: full 16-bit range)"
     )
+    parser.add_argument(
+        "--category", help="label with this category's thresholds (category_thresholds.json next to the model)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -202,12 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     existing = [p for p in (args.output / CSV_NAME, args.output / OVERLAY_DIR) if p.exists()]
     if existing and not args.overwrite:
         parser.error(f"{', '.join(map(str, existing))} already exist; pass --overwrite to replace them")
-    model = ExportedModel(
-        args.model,
-        device=args.device,
-        precision=None if args.precision == "auto" else args.precision,
-        bit_depth=args.bit_depth,
-    )
+    try:
+        model = ExportedModel(
+            args.model,
+            device=args.device,
+            precision=None if args.precision == "auto" else args.precision,
+            bit_depth=args.bit_depth,
+            category=args.category,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
     root = args.input if args.input.is_dir() else args.input.parent
     try:
         failures = run(model, inputs, root, args.output, progress=not args.no_progress)

@@ -34,11 +34,13 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerConfig
 
+from .category_thresholds import CHECKPOINT_KEY, CategoryThresholds, write_thresholds_file
 from .checkpoint import check_checkpoint_file, config_mismatch
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
 from .per_category import PerCategoryMetrics
 from .post_processor import SoftPostProcessor
+from .quantize import Int8ExportMixin
 from .torch_model import MambaADv2Model
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,11 @@ logger = logging.getLogger(__name__)
 _NO_DECAY_NAMES = ("dt_bias", "a_bias", "B_bias", "C_bias", ".D", "gain", "weight_real", "weight_imag")
 
 
-class MambaADv2(AnomalibModule):
+class MambaADv2(Int8ExportMixin, AnomalibModule):
     """MambaADv2: a duality-enhanced state-space decoder that reconstructs frozen encoder features.
+
+    INT8 export (``compression_type=INT8_PTQ`` / ``INT8_ACQ``) keeps the anomaly scoring in f32
+    (:mod:`anomalib_mambaadv2.quantize`).
 
     Args:
         backbone: timm backbone of the frozen encoder.
@@ -80,6 +85,11 @@ class MambaADv2(AnomalibModule):
             clipping of normalised scores, which ties high scores and lowers AUROC).
         evaluator: Evaluator or flag (default: image AUROC/AUPR/F1Max, pixel AUROC/AUPR/F1Max/AUPRO).
         visualizer: Visualizer or flag.
+
+    Attributes:
+        category_thresholds: Per-category raw image/pixel thresholds calibrated on validation with a multi-class
+            datamodule (``{category: {"image": t, "pixel": t, ...}}``, None = global fallback; see
+            :mod:`anomalib_mambaadv2.category_thresholds`). Saved in checkpoints, written with every export.
     """
 
     def __init__(
@@ -149,12 +159,18 @@ class MambaADv2(AnomalibModule):
             feature_dropout=feature_dropout,
         )
         self.loss = ReconstructionLoss(loss)
+        self.category_thresholds: dict[str, dict[str, Any]] = {}
 
     def configure_callbacks(self) -> list[Callback]:
-        """Anomalib's component callbacks plus per-category test metrics (active with multi-class datamodules)."""
+        """Anomalib's component callbacks, per-category thresholds and test metrics (with multi-class datamodules).
+
+        The thresholds callback comes right after the post-processor, so that the evaluator, the visualizer and the
+        per-category metrics see the per-category labels.
+        """
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
-        return [*callbacks, PerCategoryMetrics()]
+        after = next((i + 1 for i, c in enumerate(callbacks) if c is self.post_processor), len(callbacks))
+        return [*callbacks[:after], CategoryThresholds(), *callbacks[after:], PerCategoryMetrics()]
 
     def setup(self, stage: str) -> None:
         """Load the encoder's pretrained weights before training (a checkpoint restore comes after and wins)."""
@@ -188,8 +204,15 @@ class MambaADv2(AnomalibModule):
             tmp.symlink_to(shared, target_is_directory=True)
             os.replace(tmp, latest)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Anomalib's checkpoint content plus the per-category thresholds (plain data)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY] = {c: dict(entry) for c, entry in self.category_thresholds.items()}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another configuration with the options that differ (before the state dict loads).
+
+        Also restores the per-category thresholds (none in checkpoints from before they existed).
 
         Raises:
             ValueError: If the checkpoint's tensors do not fit this model.
@@ -201,6 +224,7 @@ class MambaADv2(AnomalibModule):
             problem = config_mismatch(options, dict(self.hparams), saved, self.state_dict())
             if problem:
                 raise ValueError(problem)
+        self.category_thresholds = {c: dict(entry) for c, entry in (checkpoint.get(CHECKPOINT_KEY) or {}).items()}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MambaADv2:  # type: ignore[override]
@@ -215,7 +239,10 @@ class MambaADv2(AnomalibModule):
         """Reconstruction loss between encoder and decoder features."""
         del args, kwargs
         loss = self.loss(*self.model(batch.image))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, sync_dist=True,
+            batch_size=len(batch.image),
+        )  # fmt: skip
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
@@ -258,9 +285,26 @@ class MambaADv2(AnomalibModule):
         input_size: tuple[int, int] | None = None,
         **kwargs,
     ) -> Path:
-        """Export to ONNX at the model's image size (scan orders and filters are fixed per grid), opset 18."""
+        """Export to ONNX at the model's image size (scan orders and filters are fixed per grid), opset 18.
+
+        Per-category thresholds, if any, go to ``category_thresholds.json`` next to ``model.onnx``.
+        """
         kwargs.setdefault("opset_version", 18)
-        return super().to_onnx(export_root, model_file_name, input_size or tuple(self.model.image_size), **kwargs)
+        path = super().to_onnx(export_root, model_file_name, input_size or tuple(self.model.image_size), **kwargs)
+        write_thresholds_file(path.parent, self.category_thresholds, self.post_processor)
+        return path
+
+    def to_openvino(self, export_root: Path | str, *args, **kwargs) -> Path:
+        """Anomalib's OpenVINO export, plus ``category_thresholds.json`` next to ``model.xml`` (multi-class models)."""
+        path = super().to_openvino(export_root, *args, **kwargs)
+        write_thresholds_file(path.parent, self.category_thresholds, self.post_processor)
+        return path
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Anomalib's torch export, plus ``category_thresholds.json`` next to ``model.pt`` (multi-class models)."""
+        path = super().to_torch(export_root, model_file_name)
+        write_thresholds_file(path.parent, self.category_thresholds, self.post_processor)
+        return path
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -6,6 +6,10 @@ When the test datamodule can tell each sample's category (``datamodule.category_
 category. At the end of ``test`` the table (one row per category and their mean) is printed, logged as
 ``<category>/<metric>`` and ``mean/<metric>``, and written to ``<run folder>/per_category_metrics.csv``. The mean row
 is the mean of the category rows, as papers report it.
+
+When the model has per-category thresholds (:mod:`anomalib_mambaadv2.category_thresholds`), the table also has
+``image_F1_calibrated`` and ``pixel_F1_calibrated`` next to the F1Max columns: the F1 of the predicted labels and masks
+at the thresholds calibrated on validation, so the gap to the best possible threshold (F1Max) shows.
 """
 
 from __future__ import annotations
@@ -19,9 +23,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from anomalib.metrics import F1Score
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 logger = logging.getLogger(__name__)
+
+CALIBRATED = {"image_F1_calibrated": ("pred_label", "gt_label"), "pixel_F1_calibrated": ("pred_mask", "gt_mask")}
+
+
+def calibrated_metrics() -> list:
+    """F1 of the predicted labels and masks (set at the per-category thresholds), named as in the table."""
+    metrics = []
+    for name, fields in CALIBRATED.items():
+        metric = F1Score(fields=list(fields), strict=False)
+        metric.name = name
+        metrics.append(metric)
+    return metrics
+
+
+def column_order(names: list[str]) -> list[str]:
+    """``names`` with each ``*_F1_calibrated`` column moved right after its level's F1Max column."""
+    order = [n for n in names if n not in CALIBRATED]
+    for name in (n for n in names if n in CALIBRATED):
+        anchor = name.replace("_F1_calibrated", "_F1Max")
+        order.insert(order.index(anchor) + 1 if anchor in order else len(order), name)
+    return order
 
 
 def subset_batch(batch: Any, indices: list[int]) -> Any:
@@ -79,7 +105,10 @@ class PerCategoryMetrics(Callback):
         categories = [datamodule.category_of(p) for p in outputs.image_path]
         for category in dict.fromkeys(categories):
             if category not in self.metrics:
-                self.metrics[category] = [copy.deepcopy(m).to(pl_module.device) for m in evaluator.test_metrics]
+                metrics = [copy.deepcopy(m) for m in evaluator.test_metrics]
+                if getattr(pl_module, "category_thresholds", None):
+                    metrics += calibrated_metrics()
+                self.metrics[category] = [m.to(pl_module.device) for m in metrics]
                 for metric in self.metrics[category]:
                     metric.reset()
             part = subset_batch(outputs, [i for i, c in enumerate(categories) if c == category])
@@ -99,7 +128,7 @@ class PerCategoryMetrics(Callback):
                     logger.warning("%s of category %s cannot be computed: %s", metric.name, category, err)
                     row[metric.name] = math.nan
             self.rows[category] = row
-        names = list(next(iter(self.rows.values())))
+        names = column_order(list(next(iter(self.rows.values()))))
         self.rows["mean"] = {n: sum(r[n] for r in self.rows.values()) / len(self.rows) for n in names}
         for category, row in self.rows.items():
             for name, value in row.items():
