@@ -612,16 +612,10 @@ def resolve_data(args: argparse.Namespace, settings: Settings) -> DataSource:
     if args.mvtec or args.visa:
         kind, root = ("mvtec", Path(args.mvtec)) if args.mvtec else ("visa", Path(args.visa))
     else:
-        from anomalib_mambaadv2.demo import DemoSettings, prepare_dataset
+        from anomalib_mambaadv2.data import prepare_dataset
 
-        demo = DemoSettings(
-            image_size=settings.image_size,
-            n_train=settings.n_train,
-            n_test_good=settings.n_test_good,
-            n_test_defect=settings.n_test_defect,
-            seed=settings.seed,
-        )
-        root, reused = prepare_dataset(args.root, demo)
+        s = settings
+        root, reused = prepare_dataset(args.root, s.image_size, s.n_train, s.n_test_good, s.n_test_defect, s.seed)
         say(f"embedded data: {'reusing' if reused else 'generated'} {root}")
         kind = "embedded"
     probe = DataSource(kind, root, ()).datamodule(args.categories or [], settings)

@@ -21,6 +21,7 @@ _EMBEDDED = (
     "DefectSample",
     "EmbeddedDatasetExistsError",
     "make_embedded_dataset",
+    "prepare_dataset",
     "render_defect_sample",
     "render_normal_image",
 )
