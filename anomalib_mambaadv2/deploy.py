@@ -167,21 +167,45 @@ class ExportedModel:
         pil = to_rgb(image, bit_depth=self.bit_depth).resize(self.input_size[::-1], Image.BILINEAR)
         return (np.asarray(pil, dtype=np.float32) / 255.0).transpose(2, 0, 1)[None]
 
+    def predict_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Score a batch of model inputs, ``(N, 3, h, w)`` float32 in [0, 1] at :attr:`input_size`.
+
+        Returns:
+            ``{"score": (N,) float32, "label": (N,) bool, "anomaly_map": (N, h, w) float32}``, and with a
+            ``category`` also ``"mask"`` ((N, h, w) bool): labels ``score >= `` its image threshold and masks
+            ``anomaly_map >= `` its pixel threshold; without one the exported model's own labels.
+
+        Raises:
+            ValueError: If ``images`` is not a batch of 3-channel images at the model's input size.
+        """
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != self.input_size:
+            msg = (
+                f"expected a batch of shape (N, 3, {self.input_size[0]}, {self.input_size[1]}), got {x.shape}; "
+                "make each image with preprocess() (or use predict() for single images of any size)"
+            )
+            raise ValueError(msg)
+        out = dict(zip(self._outputs, self._run(x), strict=True))
+        scores = np.asarray(out["pred_score"], np.float32).reshape(len(x))
+        maps = np.asarray(out["anomaly_map"], np.float32)
+        result = {"score": scores, "anomaly_map": maps.reshape(len(x), *maps.shape[-2:])}
+        if self.thresholds is not None:
+            result["label"] = scores.astype(np.float64) >= self.thresholds["image"]
+            result["mask"] = result["anomaly_map"] >= np.float32(self.thresholds["pixel"])
+        elif "pred_label" in out:
+            result["label"] = np.asarray(out["pred_label"]).reshape(len(x)).astype(bool)
+        else:
+            result["label"] = scores.astype(np.float64) >= 0.5
+        return result
+
     def predict(self, image: np.ndarray | Image.Image) -> dict:
         """Score one image: ``{"score": float, "label": bool, "anomaly_map": (h, w) float32}``.
 
         With a ``category`` the label is ``score >= `` its image threshold and the result has a ``"mask"`` as well:
         ``anomaly_map >= `` its pixel threshold ((h, w) bool).
         """
-        out = dict(zip(self._outputs, self._run(self.preprocess(image)), strict=True))
-        score = float(np.asarray(out["pred_score"]).reshape(-1)[0])
-        anomaly_map = np.asarray(out["anomaly_map"], np.float32)[0, 0]
-        if self.thresholds is not None:
-            label = score >= self.thresholds["image"]
-            mask = anomaly_map >= np.float32(self.thresholds["pixel"])
-            return {"score": score, "label": label, "anomaly_map": anomaly_map, "mask": mask}
-        label = bool(np.asarray(out["pred_label"]).reshape(-1)[0]) if "pred_label" in out else score >= 0.5
-        return {"score": score, "label": label, "anomaly_map": anomaly_map}
+        first = {name: values[0] for name, values in self.predict_batch(self.preprocess(image)).items()}
+        return first | {"score": float(first["score"]), "label": bool(first["label"])}
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

@@ -82,6 +82,21 @@ def test_torch_onnx_openvino_parity(exported, mvtec_root):
     assert worst["openvino_bf16"] <= (0.1 if runtimes["openvino_bf16"].precision == "bf16" else 1e-4), worst
 
 
+def test_predict_batch_equals_predict_per_image(exported, mvtec_root):
+    _, onnx_path, xml_path, _ = exported
+    _, arrays = images(mvtec_root)
+    for runtime in (ExportedModel(onnx_path), ExportedModel(xml_path, precision="f32")):
+        batch = runtime.predict_batch(np.concatenate([runtime.preprocess(a) for a in arrays]))
+        assert batch["score"].shape == (len(arrays),) and batch["anomaly_map"].shape == (len(arrays), 64, 64)
+        for i, array in enumerate(arrays):
+            one = runtime.predict(array)
+            assert one["label"] == bool(batch["label"][i])
+            assert abs(one["score"] - float(batch["score"][i])) <= 1e-5
+            assert np.abs(one["anomaly_map"] - batch["anomaly_map"][i]).max() <= 1e-5
+        with pytest.raises(ValueError, match=r"expected a batch of shape \(N, 3, 64, 64\)"):
+            runtime.predict_batch(np.zeros((2, 3, 32, 32), np.float32))
+
+
 def test_infer_command_with_corrupt_image_and_no_overwrite(exported, mvtec_root, tmp_path):
     _, _, xml_path, _ = exported
     folder = tmp_path / "images"
