@@ -45,7 +45,7 @@ from .torch_model import MambaADv2Model
 
 logger = logging.getLogger(__name__)
 
-# Parameters that get no weight decay besides biases and norms (recipe of MambaAD / DESIGN.md §7).
+# Parameters that get no weight decay besides biases and norms (MambaAD's recipe; docs/design.md §1.6).
 _NO_DECAY_NAMES = ("dt_bias", "a_bias", "B_bias", "C_bias", ".D", "gain", "weight_real", "weight_imag")
 
 

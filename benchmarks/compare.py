@@ -128,7 +128,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-rotation": {"rotation": False},
     "no-freq-branch": {"freq_branch": False},
     "scan-8888": {"directions": (8, 8, 8, 8)},
-    "heads-n32-p32": {"d_state": 32, "headdim": 32},  # the default before 2026-12 (N = P = 32, DESIGN.md §4)
+    "heads-n32-p32": {"d_state": 32, "headdim": 32},  # the default before 2026-12 (docs/benchmarks/heads.md)
     "feature-dropout": {"feature_dropout": 0.2},  # noisy bottleneck (Dinomaly: dropout 0.2 on the encoder features)
     "mambaad-like": {
         "matrix_path": False, "trapezoid": False, "rotation": False, "freq_branch": False, "directions": (8, 8, 8, 8),

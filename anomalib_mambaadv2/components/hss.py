@@ -2,7 +2,7 @@
 """Hybrid State Space (HSS) block: a recurrence path along scan directions and a global matrix path.
 
 ``u ← u + DropPath(HSSCore(LayerNorm(u)))`` on a channels-last grid (B, H, W, C). Inside the core
-(see ``shared/DESIGN.md`` §4):
+(see ``docs/design.md`` §1.5 and §2.7–2.8):
 
 1. one Linear projects u to ``[z, x, B, C, dt, a, trap, angles]``; x passes a 3×3 depthwise conv + SiLU on the grid;
 2. recurrence path (local continuity): for each scan direction, tokens are permuted into scan order and the

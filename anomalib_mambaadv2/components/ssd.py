@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Chunked, position-aware state-space duality (SSD) in plain PyTorch: the scan the HSS block runs.
 
-Per sequence (head dim ``P``, state size ``N``) and token ``t`` the layer computes (see ``shared/DESIGN.md`` §3)::
+Per sequence (head dim ``P``, state size ``N``) and token ``t`` the layer computes (see ``docs/design.md`` §2)::
 
     H_t = α_t H_{t-1} + β_t x_{t-1} B̃_{t-1}ᵀ + γ_t x_t B̃_tᵀ        y_t = H_t C̃_t + D x_t
     α_t = exp(Δ_t A_t)    β_t = (1 - λ_t) Δ_t α_t    γ_t = λ_t Δ_t     (exponential-trapezoidal, Mamba-3)
