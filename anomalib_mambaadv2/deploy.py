@@ -43,9 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .image_io import load_rgb, to_rgb
+from .image_io import IMAGE_SUFFIXES, load_rgb, to_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CSV_NAME = "predictions.csv"
 FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
 OVERLAY_DIR = "overlays"

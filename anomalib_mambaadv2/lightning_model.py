@@ -41,7 +41,7 @@ from .loss import ReconstructionLoss
 from .per_category import PerCategoryMetrics
 from .post_processor import SoftPostProcessor
 from .quantize import Int8ExportMixin
-from .torch_model import MambaADv2Model
+from .torch_model import MambaADv2Model, as_pair
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        size = as_pair(image_size)
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(size)
         super().__init__(

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 class ReconstructionLoss(nn.Module):
     """``Σ_scales weight · MSE(f_i, ŝ_i)`` (MambaAD; weight 5) or ``Σ_scales mean(1 − cos(f_i, ŝ_i))``.
 
-    Encoder features are detached: only the decoder learns.
+    The encoder features come detached from ``FrozenEncoder`` (only the decoder learns), so they are the targets.
 
     Args:
         kind: ``"mse"`` or ``"cosine"``.
@@ -31,7 +31,6 @@ class ReconstructionLoss(nn.Module):
         """Scalar loss over all scales."""
         terms = []
         for e, d in zip(enc, dec, strict=True):
-            e = e.detach()
             if self.kind == "mse":
                 terms.append(self.weight * F.mse_loss(d, e))
             else:

@@ -165,9 +165,14 @@ class MambaADv2Model(nn.Module):
         return InferenceBatch(pred_score=torch.amax(amap, dim=(-2, -1)), anomaly_map=amap)
 
 
+def as_pair(image_size: int | Sequence[int]) -> tuple[int, ...]:
+    """``image_size`` as (H, W): an int means a square."""
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+
+
 def validate_image_size(image_size: int | Sequence[int], multiple: int) -> tuple[int, int]:
     """Return (H, W) or raise a ValueError naming valid sizes (multiples of ``multiple``, at least ``2·multiple``)."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    size = as_pair(image_size)
     if len(size) != 2 or any(s < 2 * multiple or s % multiple for s in size):
         examples = ", ".join(str(multiple * k) for k in (4, 7, 8, 9))
         msg = (

