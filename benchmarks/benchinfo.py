@@ -1,13 +1,19 @@
 # SPDX-License-Identifier: Apache-2.0
-"""What a benchmark report says about where it ran: CPU, load, and the git commit of the code it measured."""
+"""What every benchmark script shares: where a report ran (CPU, load, the git commit of the code it measured), a
+restart with the environment set, interleaved timing, and the guard that keeps an earlier report."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import subprocess
+import sys
+import time
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +47,62 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{commit} + uncommitted changes" if dirty else commit
+
+
+def say(message: str) -> None:
+    """Print and flush (the benchmarks interleave their output with libraries' logs)."""
+    print(message, flush=True)
+
+
+def reexec_with_env(env: Mapping[str, str]) -> None:
+    """Restart the interpreter once with ``env`` set where unset (glibc, libgomp and OpenMP read theirs at start-up).
+
+    The marker variable is per script, so a benchmark started by another one still sets its own variables.
+    """
+    marker = f"_BENCH_REEXEC_{Path(sys.argv[0]).stem.upper()}"
+    missing = {key: value for key, value in env.items() if key not in os.environ}
+    if missing and not os.environ.get(marker):
+        os.environ.update(missing, **{marker: "1"})
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def interleaved_times(
+    runners: Mapping[Hashable, Callable[[], Any]],
+    repeats: int,
+    warmups: int = 1,
+    after_repeat: Callable[[int], None] | None = None,
+) -> dict[Hashable, list[float]]:
+    """Seconds per call of each runner: all runners alternate within every repeat, and the start rotates.
+
+    So every runner sees the same machine state on average; ratios of medians are then less noisy than each time.
+    ``after_repeat(r)`` is called after repeat ``r`` (e.g. to log the load).
+    """
+    keys = list(runners)
+    for key in keys:
+        for _ in range(warmups):
+            runners[key]()
+    times: dict[Hashable, list[float]] = {key: [] for key in keys}
+    gc.collect()
+    for r in range(max(repeats, 1)):
+        shift = r % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            start = time.perf_counter()
+            runners[key]()
+            times[key].append(time.perf_counter() - start)
+        if after_repeat is not None:
+            after_repeat(r)
+    return times
+
+
+class OutputExistsError(FileExistsError):
+    """A benchmark's report is already there and ``--overwrite`` was not given."""
+
+
+def claim_output(path: Path, overwrite: bool) -> Path:
+    """``path``, with its folder made; refuses (:class:`OutputExistsError`) to replace it without ``overwrite``."""
+    if path.exists() and not overwrite:
+        msg = f"{path} exists; pass --overwrite to replace it, or choose another --out."
+        raise OutputExistsError(msg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -108,7 +108,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchinfo import cpu_name, git_commit, load_average
+import benchinfo
+from benchinfo import OutputExistsError, cpu_name, git_commit, interleaved_times, load_average, reexec_with_env, say
 
 ENV = {
     "MALLOC_MMAP_THRESHOLD_": "1048576",
@@ -213,27 +214,9 @@ class EncoderSpec:
     std: tuple[float, float, float]
 
 
-class CompareOutputExistsError(FileExistsError):
-    """The results CSV exists in ``--out`` and ``--overwrite`` was not given."""
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Environment, memory, timing helpers
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def reexec_with_env() -> None:
-    """Restart the interpreter once with :data:`ENV` set (glibc and libgomp read theirs only at start-up)."""
-    missing = {key: value for key, value in ENV.items() if key not in os.environ}
-    if missing and not os.environ.get("_COMPARE_BENCH_REEXEC"):
-        os.environ.update(missing, _COMPARE_BENCH_REEXEC="1")
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
-def say(message: str) -> None:
-    """Print and flush."""
-    print(message, flush=True)
 
 
 def _status_mb(key: str) -> float:
@@ -302,20 +285,8 @@ def tensor_fingerprint(state: dict[str, Any]) -> str:
 
 
 def interleaved_median_ms(runners: dict[str, Callable[[], Any]], repeats: int, warmups: int = 2) -> dict[str, float]:
-    """Median milliseconds per call of each runner; runners alternate within each repeat (the start rotates)."""
-    keys = list(runners)
-    for key in keys:
-        for _ in range(warmups):
-            runners[key]()
-    times: dict[str, list[float]] = {key: [] for key in keys}
-    gc.collect()
-    for r in range(max(repeats, 1)):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            runners[key]()
-            times[key].append(time.perf_counter() - start)
-    return {key: 1000 * statistics.median(values) for key, values in times.items()}
+    """Median milliseconds per call of each runner, timed interleaved (:func:`benchinfo.interleaved_times`)."""
+    return {key: 1000 * statistics.median(t) for key, t in interleaved_times(runners, repeats, warmups).items()}
 
 
 def count_gmacs(fn: Callable[[], Any]) -> float:
@@ -1096,13 +1067,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 
 def claim_output(out: Path, name: str, overwrite: bool) -> Path:
-    """The results CSV path; refuses (:class:`CompareOutputExistsError`) to replace one without ``overwrite``."""
-    target = out / name
-    if target.exists() and not overwrite:
-        msg = f"{target} exists; pass --overwrite to replace it, or choose another --out."
-        raise CompareOutputExistsError(msg)
-    out.mkdir(parents=True, exist_ok=True)
-    return target
+    """The results CSV path ``out / name``; refuses (:class:`OutputExistsError`) to replace it without ``overwrite``."""
+    return benchinfo.claim_output(out / name, overwrite)
 
 
 def _check(values: Sequence[str], what: str) -> str:
@@ -1138,7 +1104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     try:
         csv_path = claim_output(out, "ablation.csv" if args.ablation else "compare.csv", args.overwrite)
-    except CompareOutputExistsError as err:
+    except OutputExistsError as err:
         parser.exit(2, f"error: {err}\n")
 
     for key in ("HF_HUB_OFFLINE", "TQDM_DISABLE"):
@@ -1281,5 +1247,5 @@ def ablation_rows(trained: Sequence[Trained], settings: Settings, variants: Sequ
 
 
 if __name__ == "__main__":
-    reexec_with_env()
+    reexec_with_env(ENV)
     main()

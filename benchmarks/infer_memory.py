@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchinfo import cpu_name, git_commit, load_average
+from benchinfo import OutputExistsError, claim_output, cpu_name, git_commit, load_average
 from PIL import Image
 
 try:
@@ -327,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.export_only:
         export_child(args.export_only, args.size)
         return 0
-    if args.out.exists() and not args.overwrite:
-        parser.exit(2, f"error: {args.out} exists; pass --overwrite to replace it, or choose another --out.\n")
+    try:
+        claim_output(args.out, args.overwrite)
+    except OutputExistsError as err:
+        parser.exit(2, f"error: {err}\n")
     wall = time.perf_counter()
     load_start = load_average()
     temp = None if args.workdir else tempfile.mkdtemp(prefix="infer_memory_")

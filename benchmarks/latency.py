@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import runtimes as rt
-from benchinfo import cpu_name, git_commit
+from benchinfo import cpu_name, git_commit, reexec_with_env
 from runtimes import fmt, measure, say, spread
 
 ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -70,16 +70,6 @@ MODELS = {"mambaadv2": "MambaADv2", "rd": "ReverseDistillation", "patchcore": "P
 TORCH, ORT, OV_F32, OV_BF16 = "torch eager", "ONNX Runtime", "OpenVINO f32", "OpenVINO bf16"
 OV_HINTS = {OV_F32: "f32", OV_BF16: "bf16"}
 BATCHES = (1, 8)
-
-
-def reexec_with_env() -> None:
-    """Restart the interpreter once with :data:`ENV` set (glibc and libgomp read theirs only at start-up)."""
-    wanted = ENV if "--spin" in sys.argv else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"}
-    missing = {key: value for key, value in wanted.items() if key not in os.environ}
-    if missing and not os.environ.get("_LATENCY_BENCH_REEXEC"):
-        os.environ.update(missing, _LATENCY_BENCH_REEXEC="1")
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 @dataclass
@@ -394,5 +384,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_env()
+    reexec_with_env(ENV if "--spin" in sys.argv else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"})
     sys.exit(main())

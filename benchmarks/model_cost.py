@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchinfo import git_commit
+from benchinfo import git_commit, interleaved_times
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -74,16 +74,10 @@ def count_macs(model: nn.Module, size: int) -> float:
 
 
 def latencies(models: dict[str, nn.Module], batch: int, size: int, repeats: int) -> dict[str, float]:
+    """Median milliseconds per call of each model, timed interleaved (:func:`benchinfo.interleaved_times`)."""
     x = torch.randn(batch, 3, size, size)
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
-        for model in models.values():
-            model(x)  # warm-up
-        for _ in range(repeats):
-            for name, model in models.items():  # interleaved: both see the same machine state
-                start = time.perf_counter()
-                model(x)
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_times({name: lambda model=model: model(x) for name, model in models.items()}, repeats)
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
-from benchinfo import cpu_name, git_commit, load_average
+from benchinfo import OutputExistsError, cpu_name, git_commit, load_average, reexec_with_env
 from runtimes import (
     cpu_supports_bf16,
     export_batches,
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         csv_path = compare.claim_output(args.out, "precision_accuracy.csv", args.overwrite)
-    except compare.CompareOutputExistsError as err:
+    except OutputExistsError as err:
         say(f"error: {err}")
         return 2
     compare.quiet_warnings()
@@ -378,5 +378,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    compare.reexec_with_env()
+    reexec_with_env(compare.ENV)
     sys.exit(main())

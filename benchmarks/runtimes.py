@@ -9,15 +9,15 @@ and AUPRO of a runtime's outputs on a test split.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from benchinfo import interleaved_times, say
 
 _LOGS: dict[Path, Any] = {}  # open log files of quiet()
 OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")  # a compiled graph may rename, e.g. "amax"
@@ -44,11 +44,6 @@ def quiet(log: Path) -> Iterator[None]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-
-
-def say(message: str) -> None:
-    """Print and flush (the benchmarks interleave their output with libraries' logs)."""
-    print(message, flush=True)
 
 
 def onnx_batch_dim(path: Path) -> int | str:
@@ -104,22 +99,13 @@ def max_abs_diff(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
 def measure(
     runners: dict[tuple[str, str], Callable[[], Any]], repeats: int, warmups: int, loads: list[float], label: str
 ) -> dict[tuple[str, str], list[float]]:
-    """Seconds per call for each runner; all runners alternate within each repeat, the start rotates."""
-    keys = list(runners)
-    for key in keys:
-        for _ in range(warmups):
-            runners[key]()
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
-    gc.collect()
-    for r in range(repeats):
-        shift = r % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            start = time.perf_counter()
-            runners[key]()
-            times[key].append(time.perf_counter() - start)
+    """Seconds per call for each runner, interleaved (:func:`benchinfo.interleaved_times`); logs the load."""
+
+    def log_load(r: int) -> None:
         loads.append(os.getloadavg()[0])
         say(f"  {label}: repeat {r + 1}/{repeats}, load average {loads[-1]:.2f}")
-    return times
+
+    return interleaved_times(runners, repeats, warmups, log_load)
 
 
 def spread(values: list[float]) -> float:

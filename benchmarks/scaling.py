@@ -48,7 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchinfo import cpu_name, git_commit, load_average
+from benchinfo import (
+    OutputExistsError,
+    claim_output,
+    cpu_name,
+    git_commit,
+    interleaved_times,
+    load_average,
+    reexec_with_env,
+)
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -59,10 +67,6 @@ COLUMNS = (
     "decoder", "size", "tokens_finest", "tokens_all", "median_ms", "q1_ms", "q3_ms", "repeats", "params_m",
     "slope_all", "slope_tail",
 )  # fmt: skip
-
-
-class ScalingOutputExistsError(FileExistsError):
-    """``scaling.csv`` exists in ``--out`` and ``--overwrite`` was not given."""
 
 
 class MHSABlock(nn.Module):
@@ -132,19 +136,8 @@ def grid_tokens(model: nn.Module, size: int) -> tuple[int, int]:
 
 
 def time_interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner over ``repeats`` rounds; the order alternates every round."""
-    keys = list(runners)
-    for key in keys:
-        runners[key]()  # warm-up
-    times: dict[str, list[float]] = {key: [] for key in keys}
-    gc.collect()
-    for r in range(repeats):
-        order = keys if r % 2 == 0 else keys[::-1]
-        for key in order:
-            start = time.perf_counter()
-            runners[key]()
-            times[key].append(1000 * (time.perf_counter() - start))
-    return times
+    """Milliseconds per call of each runner over ``repeats`` rounds (:func:`benchinfo.interleaved_times`)."""
+    return {key: [1000 * t for t in times] for key, times in interleaved_times(runners, repeats).items()}
 
 
 def fit_slope(tokens: Sequence[float], times: Sequence[float]) -> float:
@@ -319,10 +312,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if any(s % 32 or s < 64 for s in sizes):
         parser.error(f"sizes must be multiples of 32 and at least 64, got {sizes}")
     out = Path(args.out)
-    if (out / "scaling.csv").exists() and not args.overwrite:
-        err = ScalingOutputExistsError(f"{out / 'scaling.csv'} exists; pass --overwrite or choose another --out.")
+    try:
+        claim_output(out / "scaling.csv", args.overwrite)
+    except OutputExistsError as err:
         parser.exit(2, f"error: {err}\n")
-    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     started = datetime.now(timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -374,18 +367,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {"rows": rows, "slopes": slopes, "out": out}
 
 
-def reexec_with_env() -> None:
-    """Restart once with ``OMP_WAIT_POLICY=PASSIVE`` and ``HF_HUB_OFFLINE=1`` where unset (read at start-up).
-
-    Spinning OpenMP pools collapse on a CPU that other jobs share, which would distort the timings.
-    """
-    missing = {k: v for k, v in {"OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}.items() if k not in os.environ}
-    if missing and not os.environ.get("_SCALING_BENCH_REEXEC"):
-        os.environ.update(missing, _SCALING_BENCH_REEXEC="1")
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 if __name__ == "__main__":
-    reexec_with_env()
+    reexec_with_env({"OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"})  # spinning pools distort shared-CPU timings
     main()

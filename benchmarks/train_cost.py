@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchinfo import cpu_name, git_commit, load_average
+from benchinfo import OutputExistsError, claim_output, cpu_name, git_commit, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "train_cost.md"
@@ -304,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(MARKER + json.dumps(child(args)), flush=True)
         return 0
-    if args.out.exists() and not args.overwrite:
-        parser.exit(2, f"error: {args.out} exists; pass --overwrite to replace it, or choose another --out.\n")
+    try:
+        claim_output(args.out, args.overwrite)
+    except OutputExistsError as err:
+        parser.exit(2, f"error: {err}\n")
     wall, load_start = time.perf_counter(), load_average()
     with_ckpt = args.checkpointing
     checkpointing = "rows with `activation_checkpointing=True`" if with_ckpt else "rows left out (--no-checkpointing)"

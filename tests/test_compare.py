@@ -61,7 +61,7 @@ def test_existing_results_are_never_overwritten(compare, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "compare.csv").read_text() == "an earlier run\n"
     assert not (tmp_path / "data").exists()  # refused before doing anything
-    with pytest.raises(compare.CompareOutputExistsError):
+    with pytest.raises(compare.OutputExistsError):
         compare.claim_output(out, "compare.csv", overwrite=False)
     assert compare.claim_output(out, "compare.csv", overwrite=True) == out / "compare.csv"
     assert compare.claim_output(out, "ablation.csv", overwrite=False) == out / "ablation.csv"  # the other mode's file
