@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .image_io import IMAGE_SUFFIXES, load_rgb, to_rgb
+from .data import IMAGE_SUFFIXES
+from .image_io import load_rgb, to_rgb
 
 CSV_NAME = "predictions.csv"
 FIELDS = {"pred_score", "pred_label", "anomaly_map", "pred_mask"}

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}  # what folders are searched for
-
 __all__ = ["HIGH_DEPTH_MODES", "load_rgb", "to_rgb"]
 
 HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}

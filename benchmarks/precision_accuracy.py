@@ -6,11 +6,13 @@ Usage::
     python benchmarks/precision_accuracy.py --out results/precision              # embedded textures, 128 px
     python benchmarks/precision_accuracy.py --tiny --out /tmp/precision          # smoke run: 64 px, 1 epoch
     python benchmarks/precision_accuracy.py --models mambaadv2 --ckpt model.ckpt --out results/precision_ckpt
+    python benchmarks/precision_accuracy.py --mvtec datasets/MVTecAD --categories bottle --out results/precision_mvtec
 
 Models, data, split, encoder (offline EfficientNet-Lite0), pre- and post-processing are ``benchmarks/compare.py``'s
-(one multi-class model per method on the embedded textures). ``--ckpt`` tests a checkpoint instead of training (one
-model, ``--models`` names its class; the data options must match its training). Each model is exported once with
-``model.to_onnx`` (as ``to_openvino`` does inside) and converted to an f32 IR; the precisions are:
+(one multi-class model per method on the embedded textures, or on ``--mvtec`` / ``--visa`` categories with
+``compare.py``'s real-data settings: 256 px, 20 epochs, depths 3-4-6-3). ``--ckpt`` tests a checkpoint instead of
+training (one model, ``--models`` names its class; the data options must match its training). Each model is exported
+once with ``model.to_onnx`` (as ``to_openvino`` does inside) and converted to an f32 IR; the precisions are:
 
 * ``f32`` / ``bf16``: that IR compiled with ``INFERENCE_PRECISION_HINT`` f32 / bf16; bf16 only where OpenVINO lists
   BF16 among the CPU's ``OPTIMIZATION_CAPABILITIES`` (AVX512_BF16 or AMX), elsewhere the row says so.
@@ -283,6 +285,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--models", default="mambaadv2,patchcore,rd", help="comma-separated: " + ", ".join(compare.MODELS)
     )
     parser.add_argument("--ckpt", type=Path, help="test this checkpoint instead of training (one model)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--mvtec", metavar="ROOT", help="local MVTec AD root (default: the embedded textures)")
+    data.add_argument("--visa", metavar="ROOT", help="local VisA root (raw or Anomalib's visa_pytorch split)")
+    parser.add_argument("--categories", nargs="+", help="categories of --mvtec / --visa (default: all)")
     parser.add_argument("--root", default="datasets/embedded", help="embedded-data cache folder (%(default)s)")
     parser.add_argument("--image-size", type=int, help="model input side (default 128, --tiny 64)")
     parser.add_argument("--epochs", type=int, help="MambaADv2 / RD epochs (default 20, --tiny 1)")
@@ -320,11 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall, load_start = time.perf_counter(), load_average()
     torch.set_num_threads(args.threads)
     given = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed}
-    settings = dataclasses.replace(
-        compare.TINY if args.tiny else compare.EMBEDDED, **{k: v for k, v in given.items() if v}
-    )
+    base = compare.TINY if args.tiny else compare.REAL if (args.mvtec or args.visa) else compare.EMBEDDED
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v})
     spec = compare.encoder_spec("tf_efficientnet_lite0", "auto", None)
-    data_args = argparse.Namespace(mvtec=None, visa=None, root=args.root, categories=None)
+    data_args = argparse.Namespace(mvtec=args.mvtec, visa=args.visa, root=args.root, categories=args.categories)
     source = compare.resolve_data(data_args, settings)
     work, log = args.out / "work", args.out / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
@@ -357,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": args.threads,
         "versions": f"torch {torch.__version__}, anomalib {anomalib.__version__}, openvino {ov.__version__}, "
         f"nncf {nncf.__version__}, Python {platform.python_version()}",
-        "data": f"embedded textures ({source.root}), categories {', '.join(source.categories)}",
+        "data": f"{source.kind} ({source.root}), categories {', '.join(source.categories)}",
         "settings": f"{settings.image_size} px, {settings.epochs} epoch(s), batch {settings.batch_size}, seed "
         f"{settings.seed}, MambaADv2 depths {list(settings.depths)}; ACQ: {args.acq_metric}, max_drop {args.max_drop}",
         "load_start": load_start,

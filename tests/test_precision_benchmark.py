@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_mvtec_like
 from helpers import load_benchmark
 
 
@@ -46,3 +47,24 @@ def test_precision_benchmark_tiny(tmp_path, capsys):
     else:
         assert bf16["status"].startswith("not supported on this CPU")
     assert bench.main([*args, "--root", str(tmp_path / "embedded")]) == 2  # an earlier report is never replaced
+
+
+@pytest.mark.slow
+def test_precision_benchmark_on_a_local_mvtec_root(tmp_path):
+    bench = load_benchmark("precision_accuracy")
+    mvtec_root = make_mvtec_like(tmp_path / "mvtec", n_train=30)  # 10 % held out: INT8 calibrates on 3 images
+    out = tmp_path / "report"
+    threads = torch.get_num_threads()
+    args = ["--tiny", "--no-acq", "--models", "patchcore", "--threads", "2", "--repeats", "2", "2"]
+    try:
+        code = bench.main([*args, "--mvtec", str(mvtec_root), "--categories", "tiles", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+
+    assert code == 0
+    text = (out / "precision_accuracy.md").read_text(encoding="utf-8")
+    assert f"data: mvtec ({mvtec_root}), categories tiles" in text
+    with (out / "precision_accuracy.csv").open(encoding="utf-8") as handle:
+        rows = {row["precision"]: row for row in csv.DictReader(handle)}
+    assert rows["f32"]["status"] == rows["INT8_PTQ"]["status"] == "ok"
+    assert 0.0 <= float(rows["INT8_PTQ"]["image_AUROC"]) <= 1.0

@@ -25,8 +25,9 @@ _EMBEDDED = (
     "render_defect_sample",
     "render_normal_image",
 )
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})  # image files in a folder
 _MULTICLASS = ("MultiClassDataModule", "MultiClassFolder", "MultiClassMVTecAD", "MultiClassVisa")
-__all__ = [*_EMBEDDED, *_MULTICLASS]  # resolved lazily by __getattr__
+__all__ = ["IMAGE_SUFFIXES", *_EMBEDDED, *_MULTICLASS]  # all but IMAGE_SUFFIXES resolved lazily by __getattr__
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ from anomalib.data.datasets.image.visa import VisaDataset
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torchvision.transforms.v2 import Transform
 
-from ..image_io import IMAGE_SUFFIXES
+from . import IMAGE_SUFFIXES
 
 
 def _has_images(folder: Path) -> bool:
