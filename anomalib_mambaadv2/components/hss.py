@@ -173,47 +173,93 @@ class HSSCore(nn.Module):
         return self._mix(u)
 
     def _mix(self, u: Tensor) -> Tensor:
-        b, hh, ww, _ = u.shape
-        length, k, nh, p, di = hh * ww, len(self.directions), self.nheads, self.headdim, self.d_inner
-        s = b * nh * k  # independent sequences, ordered (image, head, direction)
-        z, x, Bp, Cp, dt, a, trap, ang = torch.split(self.in_proj(u), self.splits, dim=-1)
+        batch, height, width, _ = u.shape
+        indices = self._scan_index(height, width, u.device)
+        layout = ScanLayout(batch, height, width, self.nheads, len(self.directions), *indices)
+        z, x, B_proj, C_proj, dt, a, lam_logit, angle = torch.split(self.in_proj(u), self.splits, dim=-1)
         # image locality (MambaAD's 3×3 depthwise conv), kept channels-last so rows of P channels stay contiguous
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-        x = F.silu(self.conv(x)).permute(0, 2, 3, 1).reshape(b, length * nh, p)
+        x = F.silu(self.conv(x)).permute(0, 2, 3, 1)
 
         # Per-token quantities on the L grid tokens, before the K directions multiply them.
         dt = F.softplus(dt + self.dt_bias)  # Δ = softplus(dt + dt_bias)
         A = -F.softplus(a + self.a_bias).clamp_min(1e-4)  # A = −max(f(a), 1e-4)
         A = torch.maximum(A, -MAX_LOG_DECAY / dt)  # −Δ A <= MAX_LOG_DECAY
-        per_head = [dt, A, torch.sigmoid(trap)] if self.use_trapezoid else [dt, A]  # λ = sigmoid(trap)
-        shared = [_rms_norm(Bp), _rms_norm(Cp)]
+        per_head = [dt, A, torch.sigmoid(lam_logit)] if self.use_trapezoid else [dt, A]  # λ = sigmoid(lam_logit)
+        shared = [_rms_norm(B_proj), _rms_norm(C_proj)]  # one B, C (and ω) for all heads of the block
         if self.npairs:
-            shared.append(math.pi * torch.tanh(ang))  # ω = π tanh(angles)
+            shared.append(math.pi * torch.tanh(angle))  # ω = π tanh(angle)
 
-        # Scan order by gathers: rows of the raster tensors → (image, head, direction) sequences.
-        tokens, into, back = self._scan_index(hh, ww, u.device)
-        seq = torch.stack(per_head, -1).reshape(b, length * nh, -1).index_select(1, into).reshape(s, length, -1)
-        sh = torch.cat(shared, -1).reshape(b, length, -1).index_select(1, tokens)  # (b, K·L, 2N (+pairs))
+        head_seq = layout.head_to_sequences(torch.stack(per_head, -1))  # (S, L, 2 or 3): Δ, A (, λ)
+        shared_scan = layout.shared_to_scan_order(torch.cat(shared, -1))  # (B, K·L, 2N (+ pairs))
         n = self.d_state
-        Bs = (sh[:, None, :, :n] + self.B_bias[None, :, None]).reshape(s, length, n)  # per-head bias
-        Cs = (sh[:, None, :, n : 2 * n] + self.C_bias[None, :, None]).reshape(s, length, n)
         omega = None
         if self.npairs:
-            omega = sh[:, None, :, 2 * n :].expand(b, nh, k * length, self.npairs).reshape(s, length, self.npairs)
-
-        def per_seq(v: Tensor) -> Tensor:  # (heads,) → (S,)
-            return v[None, :, None].expand(b, nh, k).reshape(s)
-
+            omega = layout.shared_to_sequences(shared_scan[..., 2 * n :])
         y = ssd_sequences(
-            x.index_select(1, into).reshape(s, length, p), seq[..., 0], seq[..., 1], Bs, Cs, per_seq(self.D),
-            seq[..., 2] if self.use_trapezoid else None, omega,
-            matrix_gain=None if self.gain is None else per_seq(self.gain),
-            chunk_size=self.chunk_size, backend=self.ssd_backend, max_log_decay=MAX_LOG_DECAY,
-        )  # fmt: skip
-        # back to raster order, channels-last, averaged over the directions
-        y = y.reshape(b, nh * k * length, p).index_select(1, back).reshape(b, k, hh, ww, di).mean(1)
-        y = self.out_norm(y) * F.silu(z)
+            layout.head_to_sequences(x),
+            dt=head_seq[..., 0],
+            A=head_seq[..., 1],
+            B=layout.shared_to_sequences(shared_scan[..., :n], head_bias=self.B_bias),
+            C=layout.shared_to_sequences(shared_scan[..., n : 2 * n], head_bias=self.C_bias),
+            D=layout.per_sequence(self.D),
+            lam=head_seq[..., 2] if self.use_trapezoid else None,
+            omega=omega,
+            matrix_gain=None if self.gain is None else layout.per_sequence(self.gain),
+            chunk_size=self.chunk_size,
+            backend=self.ssd_backend,
+            max_log_decay=MAX_LOG_DECAY,
+        )
+        y = self.out_norm(layout.from_sequences(y)) * F.silu(z)
         return self.out_proj(y)
+
+
+class ScanLayout:
+    """How a block's raster tokens become its scan sequences and back: gathers and reshapes only.
+
+    Every (image, head, direction) is one sequence of the L grid tokens in that direction's scan order; sequences are
+    ordered image-major, then head, then direction (S = batch · heads · K). ``tokens``, ``into`` and ``back`` are the
+    gather indices of :func:`_scan_indices`.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        heads: int,
+        directions: int,
+        tokens: Tensor,
+        into: Tensor,
+        back: Tensor,
+    ) -> None:
+        self.batch, self.height, self.width, self.heads, self.directions = batch, height, width, heads, directions
+        self.length = height * width
+        self.sequences = batch * heads * directions
+        self.tokens, self.into, self.back = tokens, into, back
+
+    def head_to_sequences(self, v: Tensor) -> Tensor:
+        """Per-head raster values (B, H, W, heads · F) → (S, L, F)."""
+        rows = v.reshape(self.batch, self.length * self.heads, -1).index_select(1, self.into)
+        return rows.reshape(self.sequences, self.length, -1)
+
+    def shared_to_scan_order(self, v: Tensor) -> Tensor:
+        """Values shared by all heads (B, H, W, F) → every direction's scan order, (B, K · L, F)."""
+        return v.reshape(self.batch, self.length, -1).index_select(1, self.tokens)
+
+    def shared_to_sequences(self, v: Tensor, head_bias: Tensor | None = None) -> Tensor:
+        """Scan-ordered shared values (B, K · L, F), plus an optional per-head bias (heads, F) → (S, L, F)."""
+        v = v[:, None] if head_bias is None else v[:, None] + head_bias[None, :, None]
+        return v.expand(self.batch, self.heads, -1, -1).reshape(self.sequences, self.length, -1)
+
+    def per_sequence(self, v: Tensor) -> Tensor:
+        """A per-head parameter (heads,) → one value per sequence, (S,)."""
+        return v[None, :, None].expand(self.batch, self.heads, self.directions).reshape(self.sequences)
+
+    def from_sequences(self, y: Tensor) -> Tensor:
+        """Sequence outputs (S, L, P) → raster order, channels-last (B, H, W, heads · P), averaged over directions."""
+        rows = y.reshape(self.batch, -1, y.shape[-1]).index_select(1, self.back)
+        return rows.reshape(self.batch, self.directions, self.height, self.width, -1).mean(1)
 
 
 class HSSBlock(nn.Module):
