@@ -101,17 +101,25 @@ def _image_array(item: Any) -> Any:
     return item.image.numpy()
 
 
+def match_static_batch(model: ov.Model, datamodule: AnomalibDataModule) -> int | None:
+    """Give ``datamodule`` the model's batch size if it is static (returned; None for a dynamic batch).
+
+    Anomalib's compression sets only ``train_batch_size``, then calibrates on the eval-size validation loader.
+    """
+    dim = model.input(0).partial_shape[0]
+    batch = dim.get_length() if dim.is_static else None
+    if batch is not None:
+        datamodule.train_batch_size = datamodule.eval_batch_size = batch
+    return batch
+
+
 def _prepare(model: ov.Model, datamodule: AnomalibDataModule | None, what: str) -> int | None:
-    """Set up ``datamodule`` (its batch sizes follow a static model batch); return that batch or None."""
+    """Set up ``datamodule`` with :func:`match_static_batch`; return the static batch or None."""
     if datamodule is None:
         msg = f"Datamodule must be provided for OpenVINO {what} compression"
         raise ValueError(msg)
     datamodule.setup("fit")
-    dim = model.input(0).partial_shape[0]
-    batch = dim.get_length() if dim.is_static else None
-    if batch is not None:  # Anomalib sets only train_batch_size, then calibrates on the eval-size val loader
-        datamodule.train_batch_size = datamodule.eval_batch_size = batch
-    return batch
+    return match_static_batch(model, datamodule)
 
 
 def post_training_quantization(model: ov.Model, datamodule: AnomalibDataModule | None = None) -> ov.Model:

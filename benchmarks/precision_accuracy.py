@@ -102,9 +102,9 @@ def quantise(module: Any, ir: Any, precision: str, datamodule: Any, args: argpar
     from anomalib.deploy import CompressionType
     from anomalib.models.components.base.export_mixin import ExportMixin
 
-    dim = ir.input(0).partial_shape[0]
-    if dim.is_static:  # Anomalib's PTQ sets only train_batch_size, then calibrates with the eval batch size
-        datamodule.train_batch_size = datamodule.eval_batch_size = dim.get_length()
+    from anomalib_mambaadv2.quantize import match_static_batch
+
+    match_static_batch(ir, datamodule)
     if precision == PTQ_STOCK:
         return ExportMixin._post_training_quantization_ov(ir, datamodule)
     kind = CompressionType.INT8_PTQ if precision == PTQ else CompressionType.INT8_ACQ
