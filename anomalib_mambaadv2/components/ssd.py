@@ -100,7 +100,13 @@ def _trapezoid_weights(dt: Tensor, lam: Tensor | None) -> tuple[Tensor, Tensor |
 
 
 def _chunked_scan(
-    x: Tensor, a: Tensor, B: Tensor, C: Tensor, chunk_size: int, factorise: bool | None = None
+    x: Tensor,
+    a: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    factorise: bool | None = None,
+    x_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Causal SSD ``y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} a_r) (C_t·B_s) x_s`` in chunks of ``chunk_size`` tokens.
 
@@ -109,12 +115,13 @@ def _chunked_scan(
 
     Inside a chunk the decay ``exp(cum_t − cum_s)`` (``cum`` = in-chunk cumulative log-decay) factorises into
     ``exp(cum_t − m) · exp(m − cum_s)``, re-centred on ``m`` = half the chunk's total so both factors stay within
-    ``exp(±span/2)``: the decay then scales ``x`` and ``y`` per token and the q×q work is one causal mask, with no
-    segment sum and no q×q ``exp``. That is exact while ``span/2 <=`` :data:`FACTOR_LIMIT`; beyond it (very strong
-    decay over a chunk) the stable segment-sum form runs instead.
+    ``exp(±span/2)``: the decay then scales ``C`` and ``B`` per token (N wide, cheaper than scaling ``x`` and ``y``,
+    P wide) and the q×q work is one causal mask, with no segment sum and no q×q ``exp``. That is exact while
+    ``span/2 <=`` :data:`FACTOR_LIMIT`; beyond it (very strong decay over a chunk) the stable segment-sum form runs
+    instead.
 
     Args:
-        x: Input already scaled by the discretisation weight, (S, L, P).
+        x: Input, (S, L, P).
         a: Log-decay ``Δ_t A_t`` (<= 0), (S, L).
         B: Input projection, (S, L, N).
         C: Output projection, (S, L, N).
@@ -122,6 +129,8 @@ def _chunked_scan(
         factorise: True: factorised form (the caller guarantees the span bound); False: segment-sum form; None:
             factorised where every chunk's span is within the bound (checked on the data), else segment sums;
             while tracing, where the data cannot be checked, None means segment sums.
+        x_scale: Optional per-token input scale, (S, L): the scan reads ``x_scale ⊙ x`` (folded into ``B``, so no
+            scaled copy of ``x`` is made).
 
     Returns:
         y (S, L, P) and the diagonal ``C_t·B_t`` (S, L), which the trapezoid correction needs.
@@ -129,9 +138,11 @@ def _chunked_scan(
     S, l, p = x.shape
     n, q = B.shape[-1], chunk_size
     pad = (-l) % q
+    if x_scale is None:
+        x_scale = x.new_ones(S, l)
     if pad:  # zero input and zero decay in the padding: it changes nothing before the crop
         x, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (x, B, C))
-        a = F.pad(a, (0, pad))
+        a, x_scale = F.pad(a, (0, pad)), F.pad(x_scale, (0, pad))
     nc = (l + pad) // q
     x, B, C = (t.reshape(S * nc, q, -1) for t in (x, B, C))  # (S·chunks, Q, ·)
     a = a.reshape(S, nc, q)
@@ -139,25 +150,26 @@ def _chunked_scan(
     if factorise is None:  # span_c = −cum_last of chunk c; factorised iff max_c span_c <= 2 · FACTOR_LIMIT
         factorise = not is_tracing() and bool(-a_cum[..., -1].min() <= 2 * FACTOR_LIMIT[a.dtype])
 
+    cb = (C * B).sum(-1)  # C_t·B_t, which the trapezoid correction needs
+    # (s_s B_s)ᵀ: the input scale and the decays below scale B and C (N wide), never x or y (P wide). Scaling Bᵀ
+    # (a row vector broadcast along the contiguous dim) is several times faster on CPU than scaling B.
+    b_t = B.transpose(1, 2) * x_scale.reshape(S * nc, 1, q)
     if factorise:
-        # 1. within each chunk: y_t = e^{cum_t − m} Σ_{s<=t} (C_t·B_s) e^{m − cum_s} x_s
+        # 1. within each chunk: y_t = Σ_{s<=t} (e^{cum_t − m} C_t)·(e^{m − cum_s} s_s B_s) x_s, one causal mask
         mid = 0.5 * a_cum[..., -1:]  # m = cum_last / 2
-        x_in = x * torch.exp(mid - a_cum).reshape(S * nc, q, 1)  # e^{m − cum_s} x_s
-        scores = torch.bmm(C, B.transpose(1, 2))  # [t, s] = C_t·B_s
-        cb = scores.diagonal(dim1=1, dim2=2)  # C_t·B_t
-        y = torch.bmm(torch.tril(scores), x_in) * torch.exp(a_cum - mid).reshape(S * nc, q, 1)  # e^{cum_t − m} Σ_{s<=t}
-        # 2. each chunk's final state: Σ_s e^{cum_last − cum_s} B_sᵀ x_s = e^{cum_last − m} Bᵀ (e^{m − cum} x)
-        states = torch.bmm(B.transpose(1, 2), x_in) * torch.exp(a_cum[..., -1:] - mid).reshape(S * nc, 1, 1)
+        c_out = (C.transpose(1, 2) * torch.exp(a_cum - mid).reshape(S * nc, 1, q)).transpose(1, 2)  # e^{cum_t − m} C_t
+        b_in = b_t * torch.exp(mid - a_cum).reshape(S * nc, 1, q)  # (e^{m − cum_s} s_s B_s)ᵀ
+        y = torch.bmm(torch.bmm(c_out, b_in).tril_(), x)  # the mask in place: bmm's backward needs only its inputs
+        # 2. each chunk's final state: Σ_s e^{cum_last − cum_s} s_s B_sᵀ x_s
+        states = torch.bmm(b_t * torch.exp(a_cum[..., -1:] - a_cum).reshape(S * nc, 1, q), x)
     else:
         # 1. within each chunk: the quadratic masked form (L ∘ C Bᵀ) x
         #    (matrices laid out [s, t], source by target, so the segment sums run along the contiguous dim)
         decay = torch.exp(_segsum_st(a, exclusive=False)).reshape(S * nc, q, q)  # exp(Σ_{r=s+1..t} a_r), 0 if t < s
-        scores = torch.bmm(B, C.transpose(1, 2))  # [s, t] = B_s·C_t
-        cb = scores.diagonal(dim1=1, dim2=2)  # C_t·B_t (the mask is 1 there)
-        y = torch.bmm((scores * decay).transpose(1, 2), x)  # y_t = Σ_s L[t, s] (C_t·B_s) x_s
-        # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) B_sᵀ x_s (the decay matrix's last column). Scaling Bᵀ
-        #    (a row vector broadcast along the contiguous dim) is several times faster on CPU than scaling B.
-        states = torch.bmm(B.transpose(1, 2) * decay[:, None, :, -1], x)
+        scores = torch.bmm(b_t.transpose(1, 2), C.transpose(1, 2))  # [s, t] = s_s B_s·C_t
+        y = torch.bmm((scores * decay).transpose(1, 2), x)  # y_t = Σ_s L[t, s] (C_t·B_s) s_s x_s
+        # 2. each chunk's final state: Σ_s exp(Σ_{r>s} a_r) s_s B_sᵀ x_s (the decay matrix's last column)
+        states = torch.bmm(b_t * decay[:, None, :, -1], x)
     states = states.reshape(S, nc, n * p)  # S_c, flattened N·P
 
     # 3. recurrence over chunk states H_c = exp(A_{c-1}) H_{c-1} + S_{c-1}: its matrix form while the chunks fit in
@@ -173,8 +185,11 @@ def _chunked_scan(
 
     # 4. contribution of the incoming state: y_t += exp(Σ_{r<=t} a_r) C_t·H_in
     c_in = (C.transpose(1, 2) * torch.exp(a_cum).reshape(S * nc, 1, q)).transpose(1, 2)  # exp(cum_t) C_t
-    y = torch.baddbmm(y, c_in, h_in.reshape(S * nc, n, p))
-    return y.reshape(S, nc * q, p)[:, :l], cb.reshape(S, nc * q)[:, :l]  # crop the padding
+    y = y.baddbmm_(c_in, h_in.reshape(S * nc, n, p))  # in place: backward needs only c_in and h_in
+    y, cb = y.reshape(S, nc * q, p), cb.reshape(S, nc * q)
+    if pad:  # crop the padding (a copy, not a view, so callers may update y in place)
+        y, cb = y[:, :l].contiguous(), cb[:, :l]
+    return y, cb
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -278,19 +293,21 @@ def ssd_sequences(
         if omega is not None:  # B̃, C̃: rotated by θ_t = (Σ_{s<=t} ω_s Δ_s) mod 2π
             B, C = _rotate_halves(B, C, _angles(omega.to(dtype), dt))
         s, c = _trapezoid_weights(dt, None if lam is None else lam.to(dtype))  # s_t, c_t
-        xs = x * s.unsqueeze(-1)  # x̄_t = s_t x_t
-        if use_fused:
-            y, cb = _fused_scan(xs, dt * A, B, C, chunk_size)  # y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} Δ_r A_r) C̃_t·B̃_s x̄_s
-        else:
+        if use_fused:  # y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} Δ_r A_r) C̃_t·B̃_s x̄_s with x̄_t = s_t x_t
+            y, cb = _fused_scan(x * s.unsqueeze(-1), dt * A, B, C, chunk_size)
+            y = y.clone()  # the kernel may keep its output for backward; y is updated in place below
+        else:  # the same y_t; x̄ = s ⊙ x is folded into the scan's decay factor
             bounded = max_log_decay is not None and chunk_size * max_log_decay <= 2 * FACTOR_LIMIT[dtype]
-            y, cb = _chunked_scan(xs, dt * A, B, C, chunk_size, factorise=True if bounded else None)  # same y_t
+            y, cb = _chunked_scan(x, dt * A, B, C, chunk_size, factorise=True if bounded else None, x_scale=s)
+        # In-place updates of y below: the backward of each needs only its other operands, never y.
         # per-token skip: + D x_t, and − c_t (C̃_t·B̃_t) x_t, the term that s_t over-counts at s = t
         skip = None if c is None else -c * cb  # −c_t (C̃_t·B̃_t)
         if D is not None:
             skip = D.to(dtype)[:, None] if skip is None else skip + D.to(dtype)[:, None]  # + D
         if skip is not None:
-            y = torch.addcmul(y, skip.unsqueeze(-1), x)  # y_t += skip_t x_t
-        if matrix_gain is not None:  # y += (g/L) C̃ (B̃ᵀ x̄), right to left
-            state = torch.bmm(B.transpose(1, 2), xs) * (matrix_gain.to(dtype) / x.shape[1])[:, None, None]  # (g/L)B̃ᵀx̄
-            y = torch.baddbmm(y, C, state)  # + C̃ · state
+            y = y.addcmul_(skip.unsqueeze(-1), x)  # y_t += skip_t x_t
+        if matrix_gain is not None:  # y += (g/L) C̃ (B̃ᵀ x̄) = (g/L) C̃ ((s ⊙ B̃)ᵀ x), right to left
+            scale = (matrix_gain.to(dtype) / x.shape[1])[:, None] * s  # (g/L) s_t
+            state = torch.bmm((B * scale.unsqueeze(-1)).transpose(1, 2), x)  # (g/L) (s ⊙ B̃)ᵀ x
+            y = y.baddbmm_(C, state)  # + C̃ · state
     return y.to(out_dtype)
