@@ -130,6 +130,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-freq-branch": {"freq_branch": False},
     "scan-8888": {"directions": (8, 8, 8, 8)},
     "heads-n32-p32": {"d_state": 32, "headdim": 32},  # the default before 2026-12 (docs/benchmarks/heads.md)
+    "saps-8422": {"directions": (8, 4, 2, 2)},  # the default before 2026-12-04 (docs/benchmarks/saps.md)
+    "saps-8421": {"directions": (8, 4, 2, 1)},  # the default since 2026-12-04
+    "expand-1": {"expand": 1},  # half the HSS inner width (docs/benchmarks/saps.md: costs image AUROC)
     "feature-dropout": {"feature_dropout": 0.2},  # noisy bottleneck (Dinomaly: dropout 0.2 on the encoder features)
     "mambaad-like": {
         "matrix_path": False, "trapezoid": False, "rotation": False, "freq_branch": False, "directions": (8, 8, 8, 8),

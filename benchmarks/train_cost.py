@@ -145,6 +145,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def run_child(config: tuple[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter; its result, or ``{"error": ...}``."""
     env = {**ENV, **os.environ}  # ours only where not already set
+    if args.glibc_defaults and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        del env["MALLOC_MMAP_THRESHOLD_"]  # glibc's own dynamic threshold, as a plain `anomalib train` has it
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "@".join(config), "--size", str(args.size),
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
            "--threads", str(args.threads), "--mamba-options", args.mamba_options]  # fmt: skip
@@ -282,6 +284,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     )
     parser.add_argument(
         "--mamba-options", default="{}", help="further MambaADv2 arguments as JSON, e.g. '{\"d_state\": 32}'"
+    )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's allocator thresholds at their defaults (step times as a plain run has them; peak RSS then "
+        "includes memory that glibc keeps after freeing it)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")

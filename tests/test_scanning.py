@@ -221,7 +221,7 @@ def test_saps_negative_block_raises():
 
 
 def test_schedules():
-    assert DEFAULT_SCHEDULE == (8, 4, 2, 2)
+    assert DEFAULT_SCHEDULE == (8, 4, 2, 1)
     assert MAMBAAD_SCHEDULE == (8, 8, 8, 8)
     for k in DEFAULT_SCHEDULE + MAMBAAD_SCHEDULE:
         saps_directions(k, 0)  # every scheduled count is valid

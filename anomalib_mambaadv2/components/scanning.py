@@ -60,8 +60,9 @@ NUM_ORIENTATIONS = 4
 NUM_DIRECTIONS = 2 * NUM_ORIENTATIONS
 VALID_NUM_DIRECTIONS: tuple[int, ...] = (1, 2, 4, 8)
 
-# Directions per decoder stage 0..3 (stage 0 = deepest, shortest sequence): many where the sequence is short.
-DEFAULT_SCHEDULE: tuple[int, ...] = (8, 4, 2, 2)
+# Directions per decoder stage 0..3 (stage 0 = deepest, shortest sequence): many where the sequence is short. One on
+# the finest grid (was two before 2026-12-04: same quality over three seeds, docs/benchmarks/saps.md).
+DEFAULT_SCHEDULE: tuple[int, ...] = (8, 4, 2, 1)
 # MambaAD scans every stage in all eight directions.
 MAMBAAD_SCHEDULE: tuple[int, ...] = (8, 8, 8, 8)
 
