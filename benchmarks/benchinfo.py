@@ -106,3 +106,26 @@ def claim_output(path: Path, overwrite: bool) -> Path:
         raise OutputExistsError(msg)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _product_flops(self_shape: Any, a_shape: Any, b_shape: Any, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of ``self + a @ b`` (addmm / baddbmm shapes): 2 · (entries of a) · (columns of b)."""
+    count = 2 * b_shape[-1]
+    for size in a_shape:
+        count *= size
+    return count
+
+
+def count_gmacs(fn: Callable[[], Any]) -> float:
+    """Multiply-adds (G) of ``fn()`` under ``no_grad``: ``torch.utils.flop_counter``'s FLOPs / 2.
+
+    The counter knows only the out-of-place matrix products; the scan accumulates some in place (``baddbmm_``),
+    so those are counted here too.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    in_place = {torch.ops.aten.baddbmm_: _product_flops, torch.ops.aten.addmm_: _product_flops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=in_place) as counter:
+        fn()
+    return counter.get_total_flops() / 2 / 1e9

@@ -109,7 +109,16 @@ from pathlib import Path
 from typing import Any
 
 import benchinfo
-from benchinfo import OutputExistsError, cpu_name, git_commit, interleaved_times, load_average, reexec_with_env, say
+from benchinfo import (
+    OutputExistsError,
+    count_gmacs,
+    cpu_name,
+    git_commit,
+    interleaved_times,
+    load_average,
+    reexec_with_env,
+    say,
+)
 
 ENV = {
     "MALLOC_MMAP_THRESHOLD_": "1048576",
@@ -290,16 +299,6 @@ def tensor_fingerprint(state: dict[str, Any]) -> str:
 def interleaved_median_ms(runners: dict[str, Callable[[], Any]], repeats: int, warmups: int = 2) -> dict[str, float]:
     """Median milliseconds per call of each runner, timed interleaved (:func:`benchinfo.interleaved_times`)."""
     return {key: 1000 * statistics.median(t) for key, t in interleaved_times(runners, repeats, warmups).items()}
-
-
-def count_gmacs(fn: Callable[[], Any]) -> float:
-    """Multiply-adds (G) of ``fn()`` counted by ``torch.utils.flop_counter`` (FLOPs / 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 2 / 1e9
 
 
 # ----------------------------------------------------------------------------------------------------------------------

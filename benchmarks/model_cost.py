@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from benchinfo import git_commit, interleaved_times
+from benchinfo import count_gmacs, git_commit, interleaved_times
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from anomalib_mambaadv2.torch_model import MambaADv2Model
 
@@ -68,9 +67,8 @@ def count_params(model: nn.Module) -> tuple[float, float]:
 
 
 def count_macs(model: nn.Module, size: int) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, size, size))
-    return counter.get_total_flops() / 2 / 1e9
+    x = torch.randn(1, 3, size, size)
+    return count_gmacs(lambda: model(x))
 
 
 def latencies(models: dict[str, nn.Module], batch: int, size: int, repeats: int) -> dict[str, float]:

@@ -23,3 +23,15 @@ def test_model_cost_small(tmp_path, capsys):
     assert re.search(r"latency MambaADv2 / ReverseDistillation: batch 1 \d+\.\d+×, batch 8 \d+\.\d+×", text)
     assert "torch.compile" not in text  # only with --compile
     assert re.search(r"Allocator settings: MALLOC_MMAP_THRESHOLD_=\S+, MALLOC_TRIM_THRESHOLD_=\S+, LD_PRELOAD=", text)
+
+
+def test_count_gmacs_counts_in_place_products():
+    """The scan accumulates with ``baddbmm_``, which ``torch.utils.flop_counter`` alone does not count."""
+    import torch
+
+    benchinfo = load_benchmark("benchinfo")
+    a, b, y = torch.randn(4, 8, 16), torch.randn(4, 16, 8), torch.randn(4, 8, 8)
+    out_of_place = benchinfo.count_gmacs(lambda: torch.baddbmm(y, a, b))
+    assert out_of_place == 4 * 8 * 16 * 8 / 1e9
+    assert benchinfo.count_gmacs(lambda: y.clone().baddbmm_(a, b)) == out_of_place
+    assert benchinfo.count_gmacs(lambda: y[0].clone().addmm_(a[0], b[0])) == out_of_place / 4
