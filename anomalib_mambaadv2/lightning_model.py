@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 
 from .category_thresholds import CHECKPOINT_KEY, CategoryThresholds, write_thresholds_file
 from .checkpoint import check_checkpoint_file, config_mismatch
+from .components.dss import rename_legacy_keys
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
 from .onnx_graph import fold_graph
@@ -221,6 +222,7 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("state_dict")
         if isinstance(saved, dict):
+            rename_legacy_keys(saved)  # keys of checkpoints saved before 2026-12-04
             options = checkpoint.get("hyper_parameters") or {}
             problem = config_mismatch(options, dict(self.hparams), saved, self.state_dict())
             if problem:

@@ -70,6 +70,35 @@ def test_matching_checkpoint_loads(checkpoint):
     assert list(restored.hparams["depths"]) == SMALL["depths"]
 
 
+def _as_before_2026_12(state: dict) -> dict:
+    """The state dict as checkpoints saved before 2026-12-04 had it (the frequency branch was called ``second``)."""
+    old = {k.replace(".frequency.", ".second."): v for k, v in state.items()}
+    assert old.keys() != state.keys()  # the renaming applies to this model
+    return old
+
+
+def test_checkpoint_from_before_the_branch_rename_loads(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["state_dict"] = _as_before_2026_12(ckpt["state_dict"])
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    restored = MambaADv2.load_from_checkpoint(old)
+    expected = MambaADv2.load_from_checkpoint(checkpoint).state_dict()
+    assert restored.state_dict().keys() == expected.keys()
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in expected.items())
+
+
+def test_torch_state_dict_from_before_the_branch_rename_loads():
+    from anomalib_mambaadv2.torch_model import MambaADv2Model
+
+    options = {k: v for k, v in SMALL.items()}
+    torch.manual_seed(0)
+    source = MambaADv2Model(**options)
+    target = MambaADv2Model(**options)
+    target.load_state_dict(_as_before_2026_12(source.state_dict()))  # strict: no key missing or left over
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
 def test_truncated_checkpoint_is_named(checkpoint, tmp_path, monkeypatch, capsys):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])

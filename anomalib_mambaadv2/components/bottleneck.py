@@ -9,18 +9,17 @@ channels at half its resolution — a bottleneck narrow enough that anomalies ar
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv_norm_act import conv_norm_act
+
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(*conv_norm_act(cin, cout, kernel, stride, act=functools.partial(nn.ReLU, inplace=True)))
 
 
 class ResidualDown(nn.Module):

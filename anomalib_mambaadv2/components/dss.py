@@ -8,17 +8,23 @@ gives that 5×5 branch back, for ablation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .conv_norm_act import conv_norm_act
 from .freq_conv import FrequencyEnhancedConv
 from .hss import HSSBlock
 
 
 class LocalConv(nn.Sequential):
-    """``1×1 conv → BN → SiLU → k×k depthwise conv → BN → SiLU → 1×1 conv → BN → SiLU`` (MambaAD's conv branch).
+    """``1×1 conv → BN → SiLU → k×k depthwise conv → BN → SiLU → 1×1 conv → BN → SiLU`` at ``hidden`` width.
+
+    The DSS module's local convolution branch (and, with ``k = 5``, MambaAD's branch that the frequency branch
+    replaces). This project's form: a half-width bottleneck with BatchNorm; MambaAD's branch runs at full width with
+    InstanceNorm.
 
     Args:
         channels: Input and output channels.
@@ -29,15 +35,9 @@ class LocalConv(nn.Sequential):
     def __init__(self, channels: int, kernel_size: int, hidden: int | None = None) -> None:
         hidden = hidden or max(channels // 2, 1)
         super().__init__(
-            nn.Conv2d(channels, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.SiLU(),
-            nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.SiLU(),
-            nn.Conv2d(hidden, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.SiLU(),
+            *conv_norm_act(channels, hidden),
+            *conv_norm_act(hidden, hidden, kernel_size, groups=hidden),
+            *conv_norm_act(hidden, channels),
         )
 
 
@@ -71,13 +71,31 @@ class DSSModule(nn.Module):
             )
         )
         self.local = LocalConv(dim, 7)
-        self.second = (
+        # the frequency-enhanced branch, or MambaAD's 5×5 branch in its place (ablation)
+        self.frequency = (
             FrequencyEnhancedConv(dim, grid_size, hidden=max(dim // 2, 1)) if freq_branch else LocalConv(dim, 5)
         )
         self.fuse = nn.Conv2d(3 * dim, dim, 1)
+        self.register_load_state_dict_pre_hook(_rename_second_branch)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) → (B, H, W, C)."""
         grid = x.permute(0, 3, 1, 2)
-        mixed = torch.cat((self.blocks(x).permute(0, 3, 1, 2), self.local(grid), self.second(grid)), dim=1)
+        mixed = torch.cat((self.blocks(x).permute(0, 3, 1, 2), self.local(grid), self.frequency(grid)), dim=1)
         return x + self.fuse(mixed).permute(0, 2, 3, 1)
+
+
+_LEGACY_KEY = re.compile(r"(^|\.)(dss\.\d+\.)second\.")
+
+
+def rename_legacy_keys(state_dict: dict) -> None:
+    """Rename, in place, keys of checkpoints saved before 2026-12-04, which called the frequency branch ``second``."""
+    for key in [k for k in state_dict if _LEGACY_KEY.search(k)]:
+        state_dict[_LEGACY_KEY.sub(r"\1\2frequency.", key)] = state_dict.pop(key)
+
+
+def _rename_second_branch(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a DSS module's old ``second.*`` keys load as ``frequency.*``."""
+    old = prefix + "second."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "frequency." + key.removeprefix(old)] = state_dict.pop(key)
