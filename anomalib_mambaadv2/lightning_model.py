@@ -39,7 +39,7 @@ from .checkpoint import check_checkpoint_file, config_mismatch
 from .components.dss import rename_legacy_keys
 from .components.scanning import DEFAULT_SCHEDULE
 from .loss import ReconstructionLoss
-from .onnx_graph import fold_graph
+from .onnx_graph import optimize_graph
 from .per_category import PerCategoryMetrics
 from .post_processor import SoftPostProcessor
 from .quantize import Int8ExportMixin
@@ -290,16 +290,16 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
     ) -> Path:
         """Export to ONNX at the model's image size (scan orders and filters are fixed per grid), opset 18.
 
-        The graph is constant-folded (:func:`~anomalib_mambaadv2.onnx_graph.fold_graph`) instead of getting the
-        exporter's slow pattern rewriter; ``optimize=True`` asks for the exporter's full optimisation, ``False`` for
-        none. Per-category thresholds, if any, go to ``category_thresholds.json`` next to ``model.onnx``.
+        The graph is optimised by :func:`~anomalib_mambaadv2.onnx_graph.optimize_graph` (the exporter's passes without
+        its one slow rewrite rule); ``optimize=True`` asks for the exporter's own optimisation, ``False`` for none.
+        Per-category thresholds, if any, go to ``category_thresholds.json`` next to ``model.onnx``.
         """
         kwargs.setdefault("opset_version", 18)
-        fold = "optimize" not in kwargs
+        optimise_here = "optimize" not in kwargs
         kwargs.setdefault("optimize", False)
         path = super().to_onnx(export_root, model_file_name, input_size or tuple(self.model.image_size), **kwargs)
-        if fold:
-            fold_graph(path)
+        if optimise_here:
+            optimize_graph(path)
         write_thresholds_file(path.parent, self.category_thresholds, self.post_processor)
         return path
 

@@ -33,7 +33,7 @@ _RULES = (
 )  # fmt: skip
 
 
-def fold_graph(path: Path | str, iterations: int = 2) -> None:
+def optimize_graph(path: Path | str, iterations: int = 2) -> None:
     """Optimise the ONNX file at ``path`` in place, keeping its layout (external ``<name>.data`` or not).
 
     The steps of onnxscript's ``optimize_ir``: inline functions; ``iterations`` rounds of constant folding, the

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ONNX export clean-up (``onnx_graph.fold_graph``): same outputs as the raw and the exporter-optimised graphs."""
+"""ONNX graph optimisation (``onnx_graph.optimize_graph``): same outputs as the raw and exporter-optimised graphs."""
 
 import numpy as np
 import onnx
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anomalib_mambaadv2 import MambaADv2
-from anomalib_mambaadv2.onnx_graph import fold_graph
+from anomalib_mambaadv2.onnx_graph import optimize_graph
 
 SMALL = {"backbone": "resnet18", "pre_trained": False, "image_size": 64, "depths": [1, 1, 1, 1]}
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def _nodes(path) -> int:
 def test_folded_export_matches_raw_and_optimised_graphs(tmp_path):
     torch.manual_seed(0)
     model = MambaADv2(**SMALL).eval()
-    folded = model.to_onnx(tmp_path / "folded")  # the default: exporter without optimisation, then fold_graph
+    folded = model.to_onnx(tmp_path / "folded")  # the default: exporter without optimisation, then optimize_graph
     raw = model.to_onnx(tmp_path / "raw", optimize=False)
     optimised = model.to_onnx(tmp_path / "optimised", optimize=True)  # the exporter's own (slow) optimisation
     images = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
@@ -43,14 +43,14 @@ def test_folded_export_matches_raw_and_optimised_graphs(tmp_path):
     assert _nodes(folded) <= 1.1 * _nodes(optimised)
 
 
-def test_fold_graph_keeps_external_data_layout(tmp_path):
+def test_optimize_graph_keeps_external_data_layout(tmp_path):
     torch.manual_seed(0)
     path = MambaADv2(**SMALL).eval().to_onnx(tmp_path, optimize=False)
     data = path.with_name(path.name + ".data")
     had_data = data.exists()
     images = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
     before = _run(path, images)
-    fold_graph(path)
+    optimize_graph(path)
     assert data.exists() == had_data
     assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name] + ([data.name] if had_data else []))
     for a, b in zip(before, _run(path, images), strict=True):

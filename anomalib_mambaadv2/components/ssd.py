@@ -296,7 +296,7 @@ def ssd_sequences(
         if use_fused:  # y_t = Σ_{s<=t} exp(Σ_{r=s+1..t} Δ_r A_r) C̃_t·B̃_s x̄_s with x̄_t = s_t x_t
             y, cb = _fused_scan(x * s.unsqueeze(-1), dt * A, B, C, chunk_size)
             y = y.clone()  # the kernel may keep its output for backward; y is updated in place below
-        else:  # the same y_t; x̄ = s ⊙ x is folded into the scan's decay factor
+        else:  # the same y_t; x̄ = s ⊙ x is folded into B inside the scan (no scaled copy of x)
             bounded = max_log_decay is not None and chunk_size * max_log_decay <= 2 * FACTOR_LIMIT[dtype]
             y, cb = _chunked_scan(x, dt * A, B, C, chunk_size, factorise=True if bounded else None, x_scale=s)
         # In-place updates of y below: the backward of each needs only its other operands, never y.
