@@ -8,7 +8,6 @@ gives that 5×5 branch back, for ablation.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
@@ -85,13 +84,15 @@ class DSSModule(nn.Module):
         return x + self.fuse(mixed).permute(0, 2, 3, 1)
 
 
-_LEGACY_KEY = re.compile(r"(^|\.)(dss\.\d+\.)second\.")
+def rename_legacy_keys(model: nn.Module, state_dict: dict) -> None:
+    """Rename, in place, old keys of ``model``'s DSS modules in ``state_dict``, as their load pre-hook would.
 
-
-def rename_legacy_keys(state_dict: dict) -> None:
-    """Rename, in place, keys of checkpoints saved before 2026-12-04, which called the frequency branch ``second``."""
-    for key in [k for k in state_dict if _LEGACY_KEY.search(k)]:
-        state_dict[_LEGACY_KEY.sub(r"\1\2frequency.", key)] = state_dict.pop(key)
+    Checkpoints saved before 2026-12-04 call the frequency branch ``second``; checks that compare keys before loading
+    need the new names.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, DSSModule):
+            _rename_second_branch(module, state_dict, f"{name}.")
 
 
 def _rename_second_branch(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
