@@ -376,6 +376,18 @@ def encoder_difference(encoder: Any, images: Any, reference: Sequence[Any]) -> f
     return max(float((a - b).abs().max()) if a.shape == b.shape else math.inf for a, b in pairs)
 
 
+def shared_encoder(spec: EncoderSpec, settings: Settings) -> tuple[dict[str, Any], str, tuple[Any, list[Any]]]:
+    """The reference encoder's state dict, its fingerprint, and a probe (an input batch and its features)."""
+    import torch
+
+    encoder = reference_encoder(spec)
+    state = {k: v.clone() for k, v in encoder.feature_extractor.state_dict().items()}
+    probe_images = pre_processor(spec, settings.image_size)(model_input(settings))
+    with torch.no_grad():
+        probe = (probe_images, [f.clone() for f in encoder(probe_images)])
+    return state, tensor_fingerprint(state), probe
+
+
 def pre_processor(spec: EncoderSpec, size: int) -> Any:
     """The one pre-processor of every model: resize to ``size`` and the encoder's normalisation."""
     from anomalib.pre_processing import PreProcessor
@@ -658,11 +670,12 @@ def train_and_test(
     probe: tuple[Any, Sequence[Any]],
     run_dir: Path,
     accelerator: str = "cpu",
+    callbacks: Sequence[Any] = (),
 ) -> Trained:
     """Build one model, copy the shared encoder weights in, ``engine.fit`` then ``engine.test``; time both.
 
     ``probe`` is a normalised image batch and the reference encoder's features of it; the model's encoder must give
-    the same features after training (``Trained.encoder_diff``).
+    the same features after training (``Trained.encoder_diff``). ``callbacks`` go to the Engine (the learning curve's).
     """
     import torch
     from anomalib.engine import Engine
@@ -685,6 +698,7 @@ def train_and_test(
         check_val_every_n_epoch=epochs,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=list(callbacks),
     )
     on_gpu = accelerator != "cpu" and torch.cuda.is_available()
     if on_gpu:
@@ -861,10 +875,10 @@ def make_chart(rows: Sequence[dict], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
-def command_line(argv: Sequence[str] | None) -> str:
+def command_line(argv: Sequence[str] | None, script: str = "compare.py") -> str:
     """The command as typed (``python benchmarks/compare.py ...``)."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    return shlex.join(["python", "benchmarks/compare.py", *args])
+    return shlex.join(["python", f"benchmarks/{script}", *args])
 
 
 def header_lines(title: str, info: dict[str, Any]) -> list[str]:
@@ -1089,7 +1103,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Returns:
         ``{"rows": [...], "info": {...}, "csv": path}``.
     """
-    import torch
 
     parser, args = parse_args(argv)
     settings = resolve_settings(args)
@@ -1118,13 +1131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = encoder_spec(args.backbone, args.backbone_weights, args.layers)
     source = resolve_data(args, settings)
     say(f"settings: {settings}\nencoder: {spec}\ncategories: {', '.join(source.categories)}")
-    encoder = reference_encoder(spec)
-    state = {k: v.clone() for k, v in encoder.feature_extractor.state_dict().items()}
-    reference = tensor_fingerprint(state)
-    probe_images = pre_processor(spec, settings.image_size)(model_input(settings))
-    with torch.no_grad():
-        probe = (probe_images, [f.clone() for f in encoder(probe_images)])
-    del encoder
+    state, reference, probe = shared_encoder(spec, settings)
     units = [list(source.categories)] if args.mode == "multiclass" else [[c] for c in source.categories]
 
     if args.ablation:
