@@ -37,13 +37,15 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRSchedulerC
 from .category_thresholds import CHECKPOINT_KEY, CategoryThresholds, write_thresholds_file
 from .checkpoint import check_checkpoint_file, config_mismatch
 from .components.dss import rename_legacy_keys
-from .components.scanning import DEFAULT_SCHEDULE
+from .config import MambaADv2Config
 from .loss import ReconstructionLoss
 from .onnx_graph import optimize_graph
 from .per_category import PerCategoryMetrics
 from .post_processor import SoftPostProcessor
 from .quantize import Int8ExportMixin
 from .torch_model import MambaADv2Model, as_pair
+
+_DEFAULT = MambaADv2Config()  # the defaults of the options below (one source: config.py)
 
 logger = logging.getLogger(__name__)
 
@@ -96,30 +98,30 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
 
     def __init__(
         self,
-        backbone: str = "resnet34",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
-        pre_trained: bool = True,
-        backbone_weights: str | None = None,
+        backbone: str = _DEFAULT.backbone,
+        layers: Sequence[str] = _DEFAULT.layers,
+        pre_trained: bool = _DEFAULT.pre_trained,
+        backbone_weights: str | None = _DEFAULT.backbone_weights,
         image_size: int | Sequence[int] = 256,
-        depths: Sequence[int] = (3, 4, 6, 3),
-        directions: Sequence[int] = DEFAULT_SCHEDULE,
-        scan_curve: str = "auto",
-        d_state: int = 16,
-        headdim: int = 64,
-        expand: int = 2,
-        matrix_path: bool = True,
-        trapezoid: bool = True,
-        rotation: bool = True,
-        freq_branch: bool = True,
-        drop_path_rate: float = 0.2,
-        chunk_size: int = 32,
-        sigma: float = 4.0,
-        activation_checkpointing: bool = False,
-        feature_dropout: float = 0.0,
+        depths: Sequence[int] = _DEFAULT.depths,
+        directions: Sequence[int] = _DEFAULT.directions,
+        scan_curve: str = _DEFAULT.scan_curve,
+        d_state: int = _DEFAULT.d_state,
+        headdim: int = _DEFAULT.headdim,
+        expand: int = _DEFAULT.expand,
+        matrix_path: bool = _DEFAULT.matrix_path,
+        trapezoid: bool = _DEFAULT.trapezoid,
+        rotation: bool = _DEFAULT.rotation,
+        freq_branch: bool = _DEFAULT.freq_branch,
+        drop_path_rate: float = _DEFAULT.drop_path_rate,
+        chunk_size: int = _DEFAULT.chunk_size,
+        sigma: float = _DEFAULT.sigma,
+        activation_checkpointing: bool = _DEFAULT.activation_checkpointing,
+        feature_dropout: float = _DEFAULT.feature_dropout,
         loss: str = "mse",
         lr: float = 0.005,
         weight_decay: float = 1e-4,
-        ssd_backend: str = "torch",
+        ssd_backend: str = _DEFAULT.ssd_backend,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -139,26 +141,28 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
         # Weights are loaded in `setup("fit")`: a checkpoint restore then overwrites them, and test/predict/export
         # from a checkpoint never download.
         self.model = MambaADv2Model(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=False,
-            image_size=self.input_size or size,
-            depths=depths,
-            directions=directions,
-            scan_curve=scan_curve,
-            d_state=d_state,
-            headdim=headdim,
-            expand=expand,
-            matrix_path=matrix_path,
-            trapezoid=trapezoid,
-            rotation=rotation,
-            freq_branch=freq_branch,
-            drop_path_rate=drop_path_rate,
-            chunk_size=chunk_size,
-            ssd_backend=ssd_backend,
-            sigma=sigma,
-            activation_checkpointing=activation_checkpointing,
-            feature_dropout=feature_dropout,
+            MambaADv2Config(
+                backbone=backbone,
+                layers=tuple(layers),
+                pre_trained=False,
+                image_size=self.input_size or size,
+                depths=tuple(depths),
+                directions=tuple(directions),
+                scan_curve=scan_curve,
+                d_state=d_state,
+                headdim=headdim,
+                expand=expand,
+                matrix_path=matrix_path,
+                trapezoid=trapezoid,
+                rotation=rotation,
+                freq_branch=freq_branch,
+                drop_path_rate=drop_path_rate,
+                chunk_size=chunk_size,
+                ssd_backend=ssd_backend,
+                sigma=sigma,
+                activation_checkpointing=activation_checkpointing,
+                feature_dropout=feature_dropout,
+            )
         )
         self.loss = ReconstructionLoss(loss)
         self.category_thresholds: dict[str, dict[str, Any]] = {}

@@ -11,6 +11,7 @@ Usable without Lightning::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -20,8 +21,9 @@ from .anomaly_map import AnomalyMapGenerator
 from .components.bottleneck import Bottleneck, PatchExpand
 from .components.dss import DSSModule
 from .components.encoder import FrozenEncoder
-from .components.scanning import DEFAULT_SCHEDULE, saps_directions
+from .components.scanning import saps_directions
 from .components.ssd import is_tracing
+from .config import MambaADv2Config
 
 
 def dss_grouping(depth: int) -> list[int]:
@@ -50,92 +52,49 @@ class MambaADv2Model(nn.Module):
     """MambaADv2 network.
 
     Args:
-        backbone: timm ``features_only`` backbone name.
-        layers: Three encoder layers, shallow to deep (Anomalib's naming: ``layer1..3``; timm module names otherwise).
-        pre_trained: Load timm's pretrained encoder weights (needs a model hub; see ``backbone_weights``).
-        backbone_weights: Path to a local timm state dict for the encoder; wins over ``pre_trained``.
-        image_size: Input (H, W); both must be multiples of twice the deepest encoder stride (32 for ResNets).
-        depths: HSS blocks per decoder stage, deep to shallow (stage 0 at the bottleneck).
-        directions: Scan directions per stage (SAPS schedule; MambaAD used 8 everywhere).
-        scan_curve: ``"auto"`` (Hilbert on square power-of-two grids, else snake), ``"hilbert"``, ``"snake"``,
-            ``"raster"``.
-        d_state: SSM state size N.
-        headdim: SSM head dim P.
-        expand: HSS inner width factor.
-        matrix_path: HSS global matrix path.
-        trapezoid: Mamba-3 exponential-trapezoidal discretisation.
-        rotation: Mamba-3 data-dependent rotary position.
-        freq_branch: Frequency-enhanced branch in DSS modules (else MambaAD's 5×5 branch).
-        drop_path_rate: Maximum stochastic depth rate (linear over the decoder's HSS blocks).
-        chunk_size: SSD chunk size.
-        ssd_backend: ``"torch"`` (default, exportable), ``"fused"`` or ``"auto"``.
-        sigma: Gaussian blur of the anomaly map in pixels.
-        activation_checkpointing: Recompute each HSS block's activations in backward instead of keeping them
-            (training memory for compute; off by default).
-        feature_dropout: Dropout on the encoder features entering the bottleneck, training only (noisy bottleneck).
+        config: Network options (:class:`~anomalib_mambaadv2.config.MambaADv2Config`; default: its defaults).
+        **options: :class:`~anomalib_mambaadv2.config.MambaADv2Config` fields to replace in ``config``, e.g.
+            ``MambaADv2Model(backbone="resnet18", pre_trained=False, image_size=(128, 128))``.
     """
 
-    def __init__(
-        self,
-        backbone: str = "resnet34",
-        layers: Sequence[str] = ("layer1", "layer2", "layer3"),
-        pre_trained: bool = True,
-        backbone_weights: str | None = None,
-        image_size: Sequence[int] = (256, 256),
-        depths: Sequence[int] = (3, 4, 6, 3),
-        directions: Sequence[int] = DEFAULT_SCHEDULE,
-        scan_curve: str = "auto",
-        d_state: int = 16,
-        headdim: int = 64,
-        expand: int = 2,
-        matrix_path: bool = True,
-        trapezoid: bool = True,
-        rotation: bool = True,
-        freq_branch: bool = True,
-        drop_path_rate: float = 0.2,
-        chunk_size: int = 32,
-        ssd_backend: str = "torch",
-        sigma: float = 4.0,
-        activation_checkpointing: bool = False,
-        feature_dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, config: MambaADv2Config | None = None, **options: Any) -> None:
         super().__init__()
-        if len(layers) != 3:
-            msg = f"MambaADv2 uses three encoder layers (shallow to deep), got {list(layers)}."
+        self.config = c = MambaADv2Config.build(config, **options)
+        if len(c.layers) != 3:
+            msg = f"MambaADv2 uses three encoder layers (shallow to deep), got {list(c.layers)}."
             raise ValueError(msg)
-        if len(depths) != 4 or len(directions) != 4:
-            msg = f"`depths` and `directions` need one entry per decoder stage (4): {list(depths)}, {list(directions)}."
+        if len(c.depths) != 4 or len(c.directions) != 4:
+            msg = (
+                f"`depths` and `directions` need one entry per decoder stage (4): {list(c.depths)}, "
+                f"{list(c.directions)}."
+            )
             raise ValueError(msg)
-        self.encoder = FrozenEncoder(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
+        self.encoder = FrozenEncoder(
+            c.backbone, c.layers, pre_trained=c.pre_trained, backbone_weights=c.backbone_weights
+        )
         channels, reductions = list(self.encoder.channels), list(self.encoder.reductions)
-        self.image_size = validate_image_size(image_size, 2 * reductions[-1])
+        self.image_size = validate_image_size(c.image_size, 2 * reductions[-1])
 
         # Decoder widths follow the encoder: stage 0 at the bottleneck (2 × deepest), then one stage per level.
         widths = [2 * channels[-1], channels[2], channels[1], channels[0]]
         stride0 = 2 * reductions[-1]
         grids = [(self.image_size[0] * 2**i // stride0, self.image_size[1] * 2**i // stride0) for i in range(4)]
-        self.bottleneck = Bottleneck(channels, reductions, out_channels=widths[0], feature_dropout=feature_dropout)
+        self.bottleneck = Bottleneck(channels, reductions, out_channels=widths[0], feature_dropout=c.feature_dropout)
 
-        total = sum(depths)
-        rates = torch.linspace(0, drop_path_rate, total).tolist()
-        hss_kwargs = {
-            "d_state": d_state, "headdim": headdim, "expand": expand, "matrix_path": matrix_path,
-            "trapezoid": trapezoid, "rotation": rotation, "scan_curve": scan_curve, "chunk_size": chunk_size,
-            "ssd_backend": ssd_backend, "checkpointing": activation_checkpointing,
-        }  # fmt: skip
+        total = sum(c.depths)
+        rates = torch.linspace(0, c.drop_path_rate, total).tolist()
+        hss = c.hss()
         stages, seen = [], 0
-        for s, (depth, k) in enumerate(zip(depths, directions, strict=True)):
+        for s, (depth, k) in enumerate(zip(c.depths, c.directions, strict=True)):
             modules, j = [], 0
             for n_blocks in dss_grouping(depth):
                 dirs = [saps_directions(k, j + i) for i in range(n_blocks)]
-                modules.append(
-                    DSSModule(widths[s], grids[s], dirs, rates[seen : seen + n_blocks], freq_branch, **hss_kwargs)
-                )
+                modules.append(DSSModule(widths[s], grids[s], dirs, rates[seen : seen + n_blocks], c.freq_branch, hss))
                 j, seen = j + n_blocks, seen + n_blocks
             expand_layer = PatchExpand(widths[s - 1], widths[s]) if s > 0 else None
             stages.append(DecoderStage(expand_layer, modules))
         self.stages = nn.ModuleList(stages)
-        self.anomaly_map = AnomalyMapGenerator(sigma)
+        self.anomaly_map = AnomalyMapGenerator(c.sigma)
 
     def decode(self, feats: Sequence[Tensor]) -> list[Tensor]:
         """Encoder features (shallow to deep) → reconstructed features at the same scales (shallow to deep)."""

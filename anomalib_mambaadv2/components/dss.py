@@ -9,6 +9,7 @@ gives that 5×5 branch back, for ablation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from .conv_norm_act import conv_norm_act
 from .freq_conv import FrequencyEnhancedConv
 from .hss import HSSBlock
+from .hss_config import HSSConfig
 
 
 class LocalConv(nn.Sequential):
@@ -50,7 +52,8 @@ class DSSModule(nn.Module):
         block_directions: Scan directions of each HSS block; its length is the number of blocks.
         drop_paths: Stochastic depth rate of each HSS block.
         freq_branch: Frequency-enhanced branch (True) or MambaAD's 5×5 depthwise branch (False).
-        **hss_kwargs: Further arguments of :class:`~anomalib_mambaadv2.components.hss.HSSBlock` and its core.
+        config: Options of every HSS block (:class:`~anomalib_mambaadv2.components.hss_config.HSSConfig`).
+        **options: :class:`~anomalib_mambaadv2.components.hss_config.HSSConfig` fields to replace in ``config``.
     """
 
     def __init__(
@@ -60,14 +63,13 @@ class DSSModule(nn.Module):
         block_directions: Sequence[Sequence[int]],
         drop_paths: Sequence[float],
         freq_branch: bool = True,
-        **hss_kwargs,
+        config: HSSConfig | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        config = HSSConfig.build(config, **options)
         self.blocks = nn.Sequential(
-            *(
-                HSSBlock(dim, drop_path=dp, directions=dirs, grid_size=grid_size, **hss_kwargs)
-                for dirs, dp in zip(block_directions, drop_paths, strict=True)
-            )
+            *(HSSBlock(dim, dp, dirs, config, grid_size) for dirs, dp in zip(block_directions, drop_paths, strict=True))
         )
         self.local = LocalConv(dim, 7)
         # the frequency-enhanced branch, or MambaAD's 5×5 branch in its place (ablation)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,9 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .hss_config import HSSConfig
 from .scanning import scan_permutations_numpy
-from .ssd import Backend, is_tracing, ssd_sequences
+from .ssd import is_tracing, ssd_sequences
 
 
 def _headdim(d_inner: int, preferred: int) -> int:
@@ -74,53 +76,39 @@ class HSSCore(nn.Module):
     Args:
         dim: Channels of the token grid.
         directions: Scan direction indices (0–7, see :mod:`~anomalib_mambaadv2.components.scanning`) of this block.
-        d_state: State size N per head.
-        headdim: Preferred head dim P (reduced to a divisor of the inner width when needed).
-        expand: Inner width D = expand · dim.
-        matrix_path: Add the global matrix path.
-        trapezoid: Exponential-trapezoidal discretisation (else Euler, as Mamba-2).
-        rotation: Data-dependent rotary position of B and C (else none, as Mamba-2).
-        scan_curve: ``"auto"``, ``"hilbert"``, ``"snake"`` or ``"raster"``.
-        chunk_size: SSD chunk size.
-        ssd_backend: ``"torch"``, ``"fused"`` or ``"auto"``
-            (see :func:`~anomalib_mambaadv2.components.ssd.ssd_sequences`).
+        config: SSM options (:class:`~anomalib_mambaadv2.components.hss_config.HSSConfig`; default: its defaults).
         grid_size: ``(H, W)`` of the grid this block will see, if known: its scan indices are then made once, as
             non-persistent buffers, so ``torch.compile`` traces the block without a graph break. Other grids still
             work (their indices are made on first use).
+        **options: :class:`HSSConfig` fields to replace in ``config`` (e.g. ``d_state=8``).
     """
 
     def __init__(
         self,
         dim: int,
         directions: Sequence[int] = (0, 1),
-        d_state: int = 16,
-        headdim: int = 64,
-        expand: int = 2,
-        matrix_path: bool = True,
-        trapezoid: bool = True,
-        rotation: bool = True,
-        scan_curve: str = "auto",
-        chunk_size: int = 32,
-        ssd_backend: Backend = "torch",
+        config: HSSConfig | None = None,
         grid_size: tuple[int, int] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         if not directions or any(not 0 <= k < 8 for k in directions):
             msg = f"`directions` must be a non-empty list of indices in 0..7, got {list(directions)}."
             raise ValueError(msg)
-        self.d_inner = expand * dim
-        self.headdim = _headdim(self.d_inner, headdim)
+        self.config = c = HSSConfig.build(config, **options)
+        self.d_inner = c.expand * dim
+        self.headdim = _headdim(self.d_inner, c.headdim)
         self.nheads = self.d_inner // self.headdim
-        self.d_state = d_state
+        self.d_state = n = c.d_state
         # rotate half of the state dims, in pairs; the pairs are dims (i, npairs + i) of the projected B and C
         # (ssd_sequences' layout, a relabelling of the projection's rows, equivalent to adjacent pairs)
-        self.npairs = d_state // 4 if rotation else 0
+        self.npairs = n // 4 if c.rotation else 0
         self.directions = list(directions)
-        self.use_matrix, self.use_trapezoid = matrix_path, trapezoid
-        self.scan_curve, self.chunk_size, self.ssd_backend = scan_curve, chunk_size, ssd_backend
+        self.use_matrix, self.use_trapezoid = c.matrix_path, c.trapezoid
+        self.scan_curve, self.chunk_size, self.ssd_backend = c.scan_curve, c.chunk_size, c.ssd_backend
 
-        h, n = self.nheads, d_state
-        self.splits = [self.d_inner, self.d_inner, n, n, h, h, h if trapezoid else 0, self.npairs]
+        h = self.nheads
+        self.splits = [self.d_inner, self.d_inner, n, n, h, h, h if c.trapezoid else 0, self.npairs]
         self.in_proj = nn.Linear(dim, sum(self.splits), bias=False)
         self.conv = nn.Conv2d(self.d_inner, self.d_inner, 3, padding=1, groups=self.d_inner)
         # Mamba-2 initialisation: Δ = softplus(dt_bias) log-uniform in [1e-3, 1e-1]; decay rate A in [1, 16].
@@ -131,7 +119,7 @@ class HSSCore(nn.Module):
         self.B_bias = nn.Parameter(torch.ones(h, n))
         self.C_bias = nn.Parameter(torch.ones(h, n))
         self.D = nn.Parameter(torch.ones(h))
-        self.gain = nn.Parameter(torch.full((h,), 0.5)) if matrix_path else None
+        self.gain = nn.Parameter(torch.full((h,), 0.5)) if c.matrix_path else None
         self.out_norm = nn.LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
         if self.npairs:  # ω ≈ 0 at initialisation: the layer starts as a trapezoidal Mamba-2
@@ -268,16 +256,27 @@ class HSSBlock(nn.Module):
     Args:
         dim: Channels.
         drop_path: Stochastic depth rate.
-        checkpointing: In training, keep only the block's input for backward and recompute the rest there
-            (``torch.utils.checkpoint``): less memory, about one more forward pass of compute.
-        **core_kwargs: Arguments of :class:`HSSCore`.
+        directions: Scan directions of the core.
+        config: HSS options; with ``checkpointing`` set, training keeps only the block's input for backward and
+            recomputes the rest there (``torch.utils.checkpoint``): less memory, about one more forward pass.
+        grid_size: The block's grid (H, W), if known (its scan indices are then buffers).
+        **options: :class:`HSSConfig` fields to replace in ``config``.
     """
 
-    def __init__(self, dim: int, drop_path: float = 0.0, checkpointing: bool = False, **core_kwargs) -> None:
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        directions: Sequence[int] = (0, 1),
+        config: HSSConfig | None = None,
+        grid_size: tuple[int, int] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__()
-        self.checkpointing = checkpointing
+        config = HSSConfig.build(config, **options)
+        self.checkpointing = config.checkpointing
         self.norm = nn.LayerNorm(dim)
-        self.core = HSSCore(dim, **core_kwargs)
+        self.core = HSSCore(dim, directions, config, grid_size)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _branch(self, u: Tensor) -> Tensor:
