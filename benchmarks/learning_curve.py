@@ -7,7 +7,7 @@ Usage::
     python benchmarks/learning_curve.py --tiny --epochs 2 --out /tmp/curve     # smoke test (numbers mean nothing)
 
 Each model is trained once, exactly as ``benchmarks/compare.py`` trains it (same builders, shared encoder weights,
-split, seed, pre-processing and ``Engine``; every option of compare.py other than ``--models``, ``--variant``,
+split, seed, pre-processing and ``Engine``; every option of compare.py other than ``--models``, ``--variants``,
 ``--out`` and ``--overwrite`` is passed on to it). After each epoch of ``--eval-epochs`` (default: every epoch) the
 network in eval mode scores the test split and the evaluator's test metrics are computed on its raw scores: AUROC,
 AUPR, F1Max and AUPRO depend only on the ranking of the scores, which the post-processor's monotonic normalisation
@@ -38,6 +38,8 @@ from lightning.pytorch import Callback
 
 CURVE_MODELS = ("mambaadv2", "rd", "patchcore")
 SHOWN = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+COLOURS = {"MambaADv2": "tab:red", "MambaADv2[default]": "tab:red", "ReverseDistillation": "tab:green",
+           "Patchcore": "tab:blue"}  # fmt: skip
 COLUMNS = ("model", "epoch", "steps", "train_s", "eval_s", *compare.METRICS)
 
 
@@ -117,7 +119,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     )
     parser.add_argument("--models", default=",".join(CURVE_MODELS), help="subset of %(default)s")
     parser.add_argument("--eval-epochs", type=int, nargs="+", help="epochs after which to score (default: every one)")
-    parser.add_argument("--variant", default="default", help="MambaADv2 variant of compare.py's ablation")
+    parser.add_argument(
+        "--variants", nargs="+", default=["default"], help="MambaADv2 variants of compare.py's ablation (default)"
+    )
     parser.add_argument("--out", default="results/learning_curve", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing curve.csv")
     args, rest = parser.parse_known_args(argv)
@@ -130,8 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - set(CURVE_MODELS):
         parser.error(f"--models must be a subset of {','.join(CURVE_MODELS)}, got {args.models!r}")
-    if args.variant not in compare.VARIANTS:
-        parser.error(f"unknown --variant {args.variant!r}; choose from {', '.join(compare.VARIANTS)}")
+    unknown = [v for v in args.variants if v not in compare.VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(compare.VARIANTS)}")
     _, cargs = compare.parse_args(rest)
     settings = compare.resolve_settings(cargs)
     chosen = set(args.eval_epochs or range(1, settings.epochs + 1))
@@ -150,14 +155,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     state, _, probe = compare.shared_encoder(spec, settings)
     rows: list[dict[str, Any]] = []
     checks: dict[str, float] = {}
-    for key in models:
-        name = compare.MODELS[key]
-        if key == "mambaadv2":
-            build = lambda: compare.build_mambaadv2(spec, settings, compare.VARIANTS[args.variant])  # noqa: E731
+    named = args.variants != ["default"]
+    entries = [(f"MambaADv2[{v}]" if named else "MambaADv2", v) for v in args.variants if "mambaadv2" in models]
+    entries += [(compare.MODELS[key], None) for key in models if key != "mambaadv2"]
+    for name, variant in entries:
+        if variant is not None:
+            build = lambda v=variant: compare.build_mambaadv2(spec, settings, compare.VARIANTS[v])  # noqa: E731
         else:
             build = lambda name=name: compare.BUILDERS[name](spec, settings)  # noqa: E731
         say(f"==> {name}")
-        curve = CurvePoints(name, chosen) if key != "patchcore" else None
+        curve = CurvePoints(name, chosen) if name != "Patchcore" else None
         t = compare.train_and_test(
             name, build, source, source.categories, settings, state, probe, out / "runs" / name,
             cargs.accelerator, callbacks=[curve] if curve else [],
@@ -205,7 +212,7 @@ def write_markdown(
     ]
     for r in rows:
         metrics = " | ".join(f"{r[m]:.4f}" for m in ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPR"))
-        lines.append(f"| {r['model']} | {r['epoch']} | {r['steps'] or '–'} | {r['train_s']:.0f} | {metrics} | "
+        lines.append(f"| {r['model']} | {r['epoch']} | {r['steps'] or '–'} | {r['train_s']:.1f} | {metrics} | "
                      f"{r['pixel_AUPRO']:.4f} |")  # fmt: skip
     lines += ["", "Final check (last point against `engine.test` after the fit, largest |difference| of any metric): "]
     lines[-1] += ", ".join(f"{k} {v:.1e}" for k, v in checks.items()) or "no model reached its last epoch"
@@ -222,10 +229,9 @@ def make_chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(12, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(SHOWN))
     for ax, metric in zip(axes, SHOWN, strict=True):
-        for name, colour in (("MambaADv2", "tab:red"), ("ReverseDistillation", "tab:green"), ("Patchcore", "tab:blue")):
+        for name in dict.fromkeys(r["model"] for r in rows):
             mine = [r for r in rows if r["model"] == name]
-            if not mine:
-                continue
+            colour = COLOURS.get(name, "tab:orange" if "dropout" in name else "tab:purple")
             label = name.replace("ReverseDistillation", "Reverse Distillation")
             ax.plot([r["train_s"] for r in mine], [r[metric] for r in mine], "o-", color=colour, label=label)
             if name == "Patchcore":

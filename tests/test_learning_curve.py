@@ -20,7 +20,7 @@ def test_bad_options_are_refused(curve, tmp_path):
     with pytest.raises(SystemExit):
         curve.main(["--tiny", "--models", "mambaadv2,unknown", "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit):
-        curve.main(["--tiny", "--variant", "no-such-variant", "--out", str(tmp_path / "c")])
+        curve.main(["--tiny", "--variants", "default", "no-such-variant", "--out", str(tmp_path / "c")])
     out = tmp_path / "d"
     out.mkdir()
     (out / "curve.csv").write_text("an earlier run\n")
