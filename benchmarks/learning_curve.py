@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import compare
+import compare_report
+import compare_run
+import contenders
 from benchinfo import OutputExistsError, claim_output, load_average, reexec_with_env, say
 from lightning.pytorch import Callback
 
@@ -40,7 +43,7 @@ CURVE_MODELS = ("mambaadv2", "rd", "patchcore")
 SHOWN = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 COLOURS = {"MambaADv2": "tab:red", "MambaADv2[default]": "tab:red", "ReverseDistillation": "tab:green",
            "Patchcore": "tab:blue"}  # fmt: skip
-COLUMNS = ("model", "epoch", "steps", "train_s", "eval_s", *compare.METRICS)
+COLUMNS = ("model", "epoch", "steps", "train_s", "eval_s", *contenders.METRICS)
 
 
 class CurvePoints(Callback):
@@ -134,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     if not models or set(models) - set(CURVE_MODELS):
         parser.error(f"--models must be a subset of {','.join(CURVE_MODELS)}, got {args.models!r}")
-    unknown = [v for v in args.variants if v not in compare.VARIANTS]
+    unknown = [v for v in args.variants if v not in contenders.VARIANTS]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(compare.VARIANTS)}")
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(contenders.VARIANTS)}")
     _, cargs = compare.parse_args(rest)
     settings = compare.resolve_settings(cargs)
     chosen = set(args.eval_epochs or range(1, settings.epochs + 1))
@@ -148,24 +151,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except OutputExistsError as err:
         parser.exit(2, f"error: {err}\n")
 
-    compare.quiet_warnings()
+    compare_run.quiet_warnings()
     started, load_start = time.strftime("%Y-%m-%d %H:%M %Z"), load_average()
-    spec = compare.encoder_spec(cargs.backbone, cargs.backbone_weights, cargs.layers)
-    source = compare.resolve_data(cargs, settings)
-    state, _, probe = compare.shared_encoder(spec, settings)
+    spec = contenders.encoder_spec(cargs.backbone, cargs.backbone_weights, cargs.layers)
+    source = compare_run.resolve_data(cargs, settings)
+    state, _, probe = contenders.shared_encoder(spec, settings)
     rows: list[dict[str, Any]] = []
     checks: dict[str, float] = {}
     named = args.variants != ["default"]
     entries = [(f"MambaADv2[{v}]" if named else "MambaADv2", v) for v in args.variants if "mambaadv2" in models]
-    entries += [(compare.MODELS[key], None) for key in models if key != "mambaadv2"]
+    entries += [(contenders.MODELS[key], None) for key in models if key != "mambaadv2"]
     for name, variant in entries:
         if variant is not None:
-            build = lambda v=variant: compare.build_mambaadv2(spec, settings, compare.VARIANTS[v])  # noqa: E731
+            build = lambda v=variant: contenders.build_mambaadv2(spec, settings, contenders.VARIANTS[v])  # noqa: E731
         else:
-            build = lambda name=name: compare.BUILDERS[name](spec, settings)  # noqa: E731
+            build = lambda name=name: contenders.BUILDERS[name](spec, settings)  # noqa: E731
         say(f"==> {name}")
         curve = CurvePoints(name, chosen) if name != "Patchcore" else None
-        t = compare.train_and_test(
+        t = compare_run.train_and_test(
             name, build, source, source.categories, settings, state, probe, out / "runs" / name,
             cargs.accelerator, callbacks=[curve] if curve else [],
         )  # fmt: skip
@@ -174,10 +177,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         rows += curve.rows
         if curve.rows and curve.rows[-1]["epoch"] == settings.epochs:
-            checks[name] = max(abs(curve.rows[-1][m] - t.results[m]) for m in compare.METRICS)
+            checks[name] = max(abs(curve.rows[-1][m] - t.results[m]) for m in contenders.METRICS)
     write_csv(csv_path, rows)
     info = {"started": started, "load": f"{load_start} → {load_average()}", "settings": settings, "spec": spec}
-    write_markdown(out / "curve.md", rows, checks, info, compare.command_line(argv, "learning_curve.py"))
+    write_markdown(out / "curve.md", rows, checks, info, compare_report.command_line(argv, "learning_curve.py"))
     make_chart(rows, out / "curve.png")
     say((out / "curve.md").read_text(encoding="utf-8"))
     return {"rows": rows, "checks": checks, "csv": csv_path}

@@ -49,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import compare
+import compare_report
+import compare_run
+import contenders
 from benchinfo import OutputExistsError, cpu_name, git_commit, load_average, reexec_with_env
 from runtimes import (
     cpu_supports_bf16,
@@ -282,7 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     parser.add_argument("--tiny", action="store_true", help="64 px, 1 epoch, a few images: a smoke run")
     parser.add_argument(
-        "--models", default="mambaadv2,patchcore,rd", help="comma-separated: " + ", ".join(compare.MODELS)
+        "--models", default="mambaadv2,patchcore,rd", help="comma-separated: " + ", ".join(contenders.MODELS)
     )
     parser.add_argument("--ckpt", type=Path, help="test this checkpoint instead of training (one model)")
     data = parser.add_mutually_exclusive_group()
@@ -299,10 +302,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-drop", type=float, default=0.01, help="INT8_ACQ: largest absolute metric drop")
     parser.add_argument("--no-acq", action="store_true", help="skip INT8_ACQ (NNCF ranks every quantised op: slow)")
     args = parser.parse_args(argv)
-    args.model_names = [compare.MODELS.get(m.strip().lower(), m) for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.model_names if m not in compare.BUILDERS]
+    args.model_names = [contenders.MODELS.get(m.strip().lower(), m) for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in args.model_names if m not in contenders.BUILDERS]
     if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(compare.MODELS)}")
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(contenders.MODELS)}")
     if args.ckpt and len(args.model_names) != 1:
         parser.error("--ckpt needs exactly one model in --models (the checkpoint's class)")
     args.repeats = args.repeats or ((5, 3) if args.tiny else (15, 5))
@@ -322,20 +325,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputExistsError as err:
         say(f"error: {err}")
         return 2
-    compare.quiet_warnings()
+    compare_run.quiet_warnings()
     wall, load_start = time.perf_counter(), load_average()
     torch.set_num_threads(args.threads)
     given = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed}
-    base = compare.TINY if args.tiny else compare.REAL if (args.mvtec or args.visa) else compare.EMBEDDED
+    base = contenders.TINY if args.tiny else contenders.REAL if (args.mvtec or args.visa) else contenders.EMBEDDED
     settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v})
-    spec = compare.encoder_spec("tf_efficientnet_lite0", "auto", None)
+    spec = contenders.encoder_spec("tf_efficientnet_lite0", "auto", None)
     data_args = argparse.Namespace(mvtec=args.mvtec, visa=args.visa, root=args.root, categories=args.categories)
-    source = compare.resolve_data(data_args, settings)
+    source = compare_run.resolve_data(data_args, settings)
     work, log = args.out / "work", args.out / "log.txt"
     work.mkdir(parents=True, exist_ok=True)
-    encoder = compare.reference_encoder(spec)
+    encoder = contenders.reference_encoder(spec)
     state = {k: v.clone() for k, v in encoder.feature_extractor.state_dict().items()}
-    probe_images = compare.pre_processor(spec, settings.image_size)(compare.model_input(settings))
+    probe_images = contenders.pre_processor(spec, settings.image_size)(contenders.model_input(settings))
     with torch.no_grad():
         probe = (probe_images, [f.clone() for f in encoder(probe_images)])
     variants: list[Variant] = []
@@ -346,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = load_module(name, args.ckpt)
         else:
             with quiet(log):
-                trained = compare.train_and_test(
-                    name, lambda name=name: compare.BUILDERS[name](spec, settings), source, list(source.categories),
+                trained = compare_run.train_and_test(
+                    name, lambda name=name: contenders.BUILDERS[name](spec, settings), source, list(source.categories),
                     settings, state, probe, args.out / "runs" / name,
                 )  # fmt: skip
             module = trained.built.module
@@ -372,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": time.perf_counter() - wall,
     }
     rows = [{"model": v.model, "precision": v.precision, "status": v.status, **v.row} for v in variants]
-    compare.write_csv(csv_path, rows, COLUMNS)
+    compare_report.write_csv(csv_path, rows, COLUMNS)
     text = markdown(variants, info)
     (args.out / "precision_accuracy.md").write_text(text, encoding="utf-8")
     say("\n" + text)

