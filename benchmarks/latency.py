@@ -89,7 +89,7 @@ class Entry:
 
 def encoder_layers(backbone: str) -> tuple[str, ...]:
     """The stride-4/8/16 feature modules of ``backbone`` (``benchmarks/compare.py``'s choice)."""
-    from compare import default_layers
+    from contenders import default_layers
 
     return tuple(default_layers(backbone))
 
@@ -105,8 +105,8 @@ def build_rd(size: int, work: Path, args: argparse.Namespace) -> Any:
     from anomalib.models import ReverseDistillation
 
     if args.backbone != "resnet34":  # Anomalib's RD has decoders for ResNets only: compare.py's adapter
-        from compare import Settings, encoder_spec
-        from compare import build_rd as build_rd_adapted
+        from contenders import Settings, encoder_spec
+        from contenders import build_rd as build_rd_adapted
 
         return build_rd_adapted(encoder_spec(args.backbone, "none", None), Settings(image_size=size)).module
     pre = ReverseDistillation.configure_pre_processor(image_size=(size, size))

@@ -71,7 +71,7 @@ def build(model: str, encoder: str, size: int, options: dict[str, Any]) -> tuple
 
     ``options`` are further ``MambaADv2`` arguments (``--mamba-options``), e.g. an earlier default to compare with.
     """
-    from compare import Settings, build_rd, encoder_spec
+    from contenders import Settings, build_rd, encoder_spec
 
     spec = encoder_spec(encoder, "none", None)  # layers of stride 4, 8, 16 and the normalisation; no weights
     if model == RD:
