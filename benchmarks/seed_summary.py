@@ -7,10 +7,11 @@ Usage::
         results/tire_s1_abl/ablation.csv --metrics image_AUROC pixel_AUROC pixel_AUPRO --out results/tire_seeds.md
 
 Each file is one run of ``benchmarks/compare.py`` (head-to-head: a row per ``model``; ablation: a row per
-``variant``, shown as ``MambaADv2[variant]``) or of ``benchmarks/learning_curve.py`` (its last evaluated epoch per
-model). Rows are grouped by model (or variant) on the ``mean`` category. The files are the repetitions, one per
-seed (nothing here checks which seed a file ran; give each once). A cell is ``mean ± sd (n)``: the mean and the
-sample standard deviation over the ``n`` files that have the group (``n = 1``: the value alone).
+``variant``, shown as ``MambaADv2[variant]``, the ``default`` variant as ``MambaADv2``) or of
+``benchmarks/learning_curve.py`` (its last evaluated epoch per model). Rows are grouped by model (or variant) on the
+``mean`` category. The files are the repetitions, one per seed (nothing here checks which seed a file ran; give each
+once). A cell is ``mean ± sd (n)``: the mean and the sample standard deviation over the ``n`` files that have the
+group (``n = 1``: the value alone).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def rows_of(path: Path) -> dict[str, dict[str, str]]:
             out[row["model"]] = row
         elif row.get("category") == "mean":
             out[f"MambaADv2[{row['variant']}]" if "variant" in row else row["model"]] = row
+    out = {("MambaADv2" if name == "MambaADv2[default]" else name): row for name, row in out.items()}
     if not out:
         msg = f"{path} has neither 'mean' rows (compare.py) nor epochs (learning_curve.py)."
         raise ValueError(msg)

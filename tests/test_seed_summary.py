@@ -31,6 +31,7 @@ def test_mean_and_sd_over_files_of_each_kind(summary, tmp_path):
         ]))  # fmt: skip
     files.append(write(tmp_path / "abl" / "ablation.csv", [
         {"variant": "feature-dropout", "category": "mean", "image_AUROC": 0.75, "train_s": 50},
+        {"variant": "default", "category": "mean", "image_AUROC": 0.4, "train_s": 40},  # the default is MambaADv2
     ]))  # fmt: skip
     files.append(write(tmp_path / "curve" / "curve.csv", [
         {"model": "Patchcore", "epoch": 1, "image_AUROC": 0.90, "train_s": 102},
@@ -43,7 +44,7 @@ def test_mean_and_sd_over_files_of_each_kind(summary, tmp_path):
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()[2:]}
     assert list(rows) == ["Patchcore", "MambaADv2[feature-dropout]", "MambaADv2"]
     assert "0.8000 ± 0.1000 (3)" in rows["Patchcore"] and "101 ± 1 (3)" in rows["Patchcore"]  # (0.7, 0.8, 0.9)
-    assert "0.7500 (1)" in rows["MambaADv2[feature-dropout]"] and "0.6000 (1)" in rows["MambaADv2"]
+    assert "0.7500 (1)" in rows["MambaADv2[feature-dropout]"] and "0.5000 ± 0.1414 (2)" in rows["MambaADv2"]
 
     with pytest.raises(SystemExit) as info:  # an existing table is not replaced
         summary.main([str(files[0]), "--out", str(out)])
