@@ -57,7 +57,7 @@ class MambaADv2Config:
     freq_branch: bool = True
     drop_path_rate: float = 0.2
     sigma: float = 4.0
-    feature_dropout: float = 0.0
+    feature_dropout: float = 0.2
     scan_curve: str = HSSConfig.scan_curve
     d_state: int = HSSConfig.d_state
     headdim: int = HSSConfig.headdim

@@ -29,7 +29,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "saps-8422": {"directions": (8, 4, 2, 2)},  # the default before 2026-12-04 (docs/benchmarks/saps.md)
     "saps-8421": {"directions": (8, 4, 2, 1)},  # the default since 2026-12-04
     "expand-1": {"expand": 1},  # half the HSS inner width (docs/benchmarks/saps.md: costs image AUROC)
-    "feature-dropout": {"feature_dropout": 0.2},  # noisy bottleneck (Dinomaly: dropout 0.2 on the encoder features)
+    "feature-dropout": {"feature_dropout": 0.2},  # noisy bottleneck (Dinomaly's 0.2), the default since 2026-12-05
+    "no-feature-dropout": {"feature_dropout": 0.0},  # the default before 2026-12-05 (docs/benchmarks/tire.md)
     "mambaad-like": {
         "matrix_path": False, "trapezoid": False, "rotation": False, "freq_branch": False, "directions": (8, 8, 8, 8),
     },
