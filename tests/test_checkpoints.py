@@ -99,6 +99,44 @@ def test_torch_state_dict_from_before_the_branch_rename_loads():
     assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
 
 
+_OLD_FREQUENCY_NAMES = {  # the frequency branch's layers before 2026-12-05 (before conv_norm_act built them)
+    ".project_in.0.": ".proj_in.",
+    ".project_in.1.": ".norm_in.",
+    ".filter_norm.0.": ".norm_filter.",
+    ".project_out.0.": ".proj_out.",
+    ".project_out.1.": ".norm_out.",
+}
+
+
+def _with_old_frequency_names(state: dict) -> dict:
+    renamed = {}
+    for key, value in state.items():
+        for new, old in _OLD_FREQUENCY_NAMES.items():
+            key = key.replace(new, old)
+        renamed[key] = value
+    assert renamed.keys() != state.keys()  # the renaming applies to this model
+    return renamed
+
+
+def test_state_dicts_with_the_old_frequency_layer_names_load(checkpoint, tmp_path):
+    from anomalib_mambaadv2.torch_model import MambaADv2Model
+
+    torch.manual_seed(0)
+    source = MambaADv2Model(**SMALL)
+    target = MambaADv2Model(**SMALL)
+    target.load_state_dict(_with_old_frequency_names(source.state_dict()))  # strict
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+    ckpt = torch.load(checkpoint, weights_only=True)  # a checkpoint with both renames (`second`, old layer names)
+    ckpt["state_dict"] = _as_before_2026_12(_with_old_frequency_names(ckpt["state_dict"]))
+    old = tmp_path / "older.ckpt"
+    torch.save(ckpt, old)
+    restored = MambaADv2.load_from_checkpoint(old)
+    expected = MambaADv2.load_from_checkpoint(checkpoint).state_dict()
+    assert restored.state_dict().keys() == expected.keys()
+    assert all(torch.equal(restored.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_truncated_checkpoint_is_named(checkpoint, tmp_path, monkeypatch, capsys):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])

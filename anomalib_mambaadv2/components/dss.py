@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .conv_norm_act import conv_norm_act
-from .freq_conv import FrequencyEnhancedConv
+from .freq_conv import FrequencyEnhancedConv, rename_legacy_frequency_keys
 from .hss import HSSBlock
 from .hss_config import HSSConfig
 
@@ -87,14 +87,17 @@ class DSSModule(nn.Module):
 
 
 def rename_legacy_keys(model: nn.Module, state_dict: dict) -> None:
-    """Rename, in place, old keys of ``model``'s DSS modules in ``state_dict``, as their load pre-hook would.
+    """Rename, in place, old keys of ``model``'s DSS modules in ``state_dict``, as their load pre-hooks would.
 
-    Checkpoints saved before 2026-12-04 call the frequency branch ``second``; checks that compare keys before loading
-    need the new names.
+    Checkpoints saved before 2026-12-04 call the frequency branch ``second``, and before 2026-12-05 its layers had
+    other names; checks that compare keys before loading need the new names. Parents come before their children in
+    ``named_modules``, so the branch is renamed before its layers.
     """
     for name, module in model.named_modules():
         if isinstance(module, DSSModule):
             _rename_second_branch(module, state_dict, f"{name}.")
+        elif isinstance(module, FrequencyEnhancedConv):
+            rename_legacy_frequency_keys(module, state_dict, f"{name}.")
 
 
 def _rename_second_branch(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .conv_norm_act import conv_norm_act
+
 __all__ = [
     "DFTBases",
     "FrequencyEnhancedConv",
@@ -277,16 +279,30 @@ class FrequencyEnhancedConv(nn.Module):
     def __init__(self, channels: int, grid_size: tuple[int, int], hidden: int | None = None) -> None:
         super().__init__()
         hidden = channels if hidden is None else hidden
-        self.proj_in = nn.Conv2d(channels, hidden, kernel_size=1, bias=False)
-        self.norm_in = nn.InstanceNorm2d(hidden, affine=True)
+        norm = functools.partial(nn.InstanceNorm2d, affine=True)
+        self.project_in = nn.Sequential(*conv_norm_act(channels, hidden, norm=norm))
         self.filter = GlobalFrequencyFilter(hidden, grid_size)
-        self.norm_filter = nn.InstanceNorm2d(hidden, affine=True)
-        self.proj_out = nn.Conv2d(hidden, channels, kernel_size=1, bias=False)
-        self.norm_out = nn.InstanceNorm2d(channels, affine=True)
-        self.act = nn.SiLU()
+        self.filter_norm = nn.Sequential(norm(hidden), nn.SiLU())
+        self.project_out = nn.Sequential(*conv_norm_act(hidden, channels, norm=norm))
+        self.register_load_state_dict_pre_hook(rename_legacy_frequency_keys)
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``x`` ``(B, C, H, W)`` to the same shape."""
-        x = self.act(self.norm_in(self.proj_in(x)))
-        x = self.act(self.norm_filter(self.filter(x)))
-        return self.act(self.norm_out(self.proj_out(x)))
+        return self.project_out(self.filter_norm(self.filter(self.project_in(x))))
+
+
+# Names of the branch's parameters before 2026-12-05 (before it was built from conv_norm_act) and now.
+_LEGACY_NAMES = {
+    "proj_in.": "project_in.0.",
+    "norm_in.": "project_in.1.",
+    "norm_filter.": "filter_norm.0.",
+    "proj_out.": "project_out.0.",
+    "norm_out.": "project_out.1.",
+}
+
+
+def rename_legacy_frequency_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a frequency branch's keys saved before 2026-12-05 load under today's names."""
+    for old, new in _LEGACY_NAMES.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key.removeprefix(prefix + old)] = state_dict.pop(key)
