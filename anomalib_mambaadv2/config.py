@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .components.hss_config import HSSConfig
+from .components.hss_config import HSSConfig, replace_options
 from .components.scanning import DEFAULT_SCHEDULE
 from .components.ssd import Backend
 
@@ -72,12 +72,7 @@ class MambaADv2Config:
     @classmethod
     def build(cls, config: MambaADv2Config | None = None, **options: Any) -> MambaADv2Config:
         """``config`` (default: the defaults) with ``options`` replaced; an unknown option name is a TypeError."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(names))
-        if unknown:
-            msg = f"unknown MambaADv2 option(s) {unknown}; the options are {names}."
-            raise TypeError(msg)
-        return dataclasses.replace(config or cls(), **options)
+        return replace_options(cls, config, options, "MambaADv2")
 
     def hss(self) -> HSSConfig:
         """The options every HSS block of the decoder gets."""

@@ -226,7 +226,7 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get("state_dict")
         if isinstance(saved, dict):
-            rename_legacy_keys(self, saved)  # keys of checkpoints saved before 2026-12-04
+            rename_legacy_keys(self, saved)  # keys of checkpoints saved before 2026-12-05
             options = checkpoint.get("hyper_parameters") or {}
             problem = config_mismatch(options, dict(self.hparams), saved, self.state_dict())
             if problem:

@@ -125,7 +125,6 @@ from compare_run import (
     train_and_test,
 )
 from contenders import (
-    BUILDERS,
     DEFAULT_BACKBONE,
     DEFAULT_VARIANTS,
     DEFAULT_WEIGHTS,
@@ -134,9 +133,8 @@ from contenders import (
     REAL,
     TINY,
     VARIANTS,
-    Built,
     Settings,
-    build_mambaadv2,
+    builder,
     encoder_spec,
     shared_encoder,
 )
@@ -279,16 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, variant in entries:
             label = f"{name} on {', '.join(unit)}"
             say(f"==> training {label}")
-            if variant is not None:
-
-                def build(variant: str = variant) -> Built:
-                    return build_mambaadv2(spec, settings, VARIANTS[variant])
-
-            else:
-
-                def build(name: str = name) -> Built:
-                    return BUILDERS[name](spec, settings)
-
+            build = builder(spec, settings, name, variant)
             run_dir = out / "runs" / "-".join(unit if args.mode == "per-category" else ["all"]) / name
             t = train_and_test(name, build, source, unit, settings, state, probe, run_dir, args.accelerator)
             say(f"    fit {t.train_s:.1f} s, test {t.test_s:.1f} s, peak RSS {t.peak_rss_mb:.0f} MiB")

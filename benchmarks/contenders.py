@@ -331,6 +331,13 @@ BUILDERS: dict[str, Callable[[EncoderSpec, Settings], Built]] = {
 }
 
 
+def builder(spec: EncoderSpec, settings: Settings, name: str, variant: str | None = None) -> Callable[[], Built]:
+    """What builds model ``name`` (a key of :data:`BUILDERS`), or MambaADv2's ablation ``variant`` when one is given."""
+    if variant is not None:
+        return lambda: build_mambaadv2(spec, settings, VARIANTS[variant])
+    return lambda: BUILDERS[name](spec, settings)
+
+
 def add_per_category_metrics(module: Any) -> Any:
     """Make ``module`` return a :class:`PerCategoryMetrics` callback after its own ones, as MambaADv2 does.
 

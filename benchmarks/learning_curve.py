@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import random
 import sys
 import time
@@ -55,7 +54,6 @@ class CurvePoints(Callback):
         self.name, self.epochs = name, epochs
         self.rows: list[dict[str, Any]] = []
         self.train_s = 0.0
-        self.eval_s = 0.0
         self._epoch_start = self._last_batch_end = 0.0
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -75,7 +73,6 @@ class CurvePoints(Callback):
         start = time.perf_counter()
         metrics = score_test_split(pl_module, trainer.datamodule)
         seconds = time.perf_counter() - start
-        self.eval_s += seconds
         row = {"model": self.name, "epoch": epoch, "steps": trainer.global_step, "train_s": self.train_s}
         self.rows.append({**row, "eval_s": seconds, **metrics})
         say(f"    epoch {epoch}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN) + f" ({self.train_s:.0f} s)")
@@ -162,10 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     entries = [(f"MambaADv2[{v}]" if named else "MambaADv2", v) for v in args.variants if "mambaadv2" in models]
     entries += [(contenders.MODELS[key], None) for key in models if key != "mambaadv2"]
     for name, variant in entries:
-        if variant is not None:
-            build = lambda v=variant: contenders.build_mambaadv2(spec, settings, contenders.VARIANTS[v])  # noqa: E731
-        else:
-            build = lambda name=name: contenders.BUILDERS[name](spec, settings)  # noqa: E731
+        build = contenders.builder(spec, settings, name, variant)
         say(f"==> {name}")
         curve = CurvePoints(name, chosen) if name != "Patchcore" else None
         t = compare_run.train_and_test(
@@ -178,20 +172,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += curve.rows
         if curve.rows and curve.rows[-1]["epoch"] == settings.epochs:
             checks[name] = max(abs(curve.rows[-1][m] - t.results[m]) for m in contenders.METRICS)
-    write_csv(csv_path, rows)
+    compare_report.write_csv(csv_path, rows, COLUMNS)
     info = {"started": started, "load": f"{load_start} → {load_average()}", "settings": settings, "spec": spec}
     write_markdown(out / "curve.md", rows, checks, info, compare_report.command_line(argv, "learning_curve.py"))
     make_chart(rows, out / "curve.png")
     say((out / "curve.md").read_text(encoding="utf-8"))
     return {"rows": rows, "checks": checks, "csv": csv_path}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """One row per (model, evaluated epoch)."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def write_markdown(

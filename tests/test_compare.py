@@ -99,7 +99,7 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare, c
     images = torch.rand(2, 3, settings.image_size, settings.image_size)
     with torch.no_grad():
         expected = [f.clone() for f in reference(images)]
-    for name, build in compare.BUILDERS.items():
+    for name, build in contenders.BUILDERS.items():
         built = build(spec, settings)
         built.encoder.load_state_dict(state, strict=True)
         assert contenders.tensor_fingerprint(built.encoder.state_dict()) == contenders.tensor_fingerprint(state)

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .ssd import Backend
+
+T = TypeVar("T")
+
+
+def replace_options(cls: type[T], config: T | None, options: dict[str, Any], what: str) -> T:
+    """``config`` (default: ``cls()``) with ``options`` replaced; an unknown option name is a TypeError listing them."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        msg = f"unknown {what} option(s) {unknown}; the options are {names}."
+        raise TypeError(msg)
+    return dataclasses.replace(config or cls(), **options)
 
 
 @dataclass(frozen=True)
@@ -42,8 +54,4 @@ class HSSConfig:
     @classmethod
     def build(cls, config: HSSConfig | None = None, **options: Any) -> HSSConfig:
         """``config`` (default: the defaults) with ``options`` replaced; an unknown option name is a TypeError."""
-        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            msg = f"unknown HSS option(s) {unknown}; the options are {[f.name for f in dataclasses.fields(cls)]}."
-            raise TypeError(msg)
-        return dataclasses.replace(config or cls(), **options)
+        return replace_options(cls, config, options, "HSS")
