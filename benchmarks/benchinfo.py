@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,22 @@ def git_commit() -> str:
 def say(message: str) -> None:
     """Print and flush (the benchmarks interleave their output with libraries' logs)."""
     print(message, flush=True)
+
+
+PLAIN_ENV_FLAG = "--plain-env"
+PLAIN_ENV_HELP = (
+    "run in the environment a plain `anomalib train` has: glibc's adaptive allocator thresholds and OpenMP's own "
+    "thread waiting, i.e. without the benchmark's MALLOC_MMAP_THRESHOLD_ and OMP_WAIT_POLICY (times as a user sees "
+    "them on an idle machine; peak RSS then includes freed memory that glibc keeps)"
+)
+TUNING_KEYS = ("MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY")
+
+
+def benchmark_env(env: Mapping[str, str], argv: Sequence[str] | None = None) -> dict[str, str]:
+    """``env`` without its allocator and thread-waiting settings (:data:`TUNING_KEYS`) when ``argv`` (default:
+    ``sys.argv``) has ``--plain-env``; they must be decided before the restart, hence from the raw command line."""
+    plain = PLAIN_ENV_FLAG in (sys.argv if argv is None else argv)
+    return {key: value for key, value in env.items() if not (plain and key in TUNING_KEYS)}
 
 
 def reexec_with_env(env: Mapping[str, str]) -> None:

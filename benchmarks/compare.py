@@ -74,7 +74,9 @@ exact command, machine information), ``compare.png`` (bar chart), ``runs/`` (Lig
 Run as a script, it re-executes itself once with ``MALLOC_MMAP_THRESHOLD_=1048576`` (PatchCore's coreset selection
 otherwise leaves glibc holding freed temporaries until the process runs out of memory), ``OMP_WAIT_POLICY=PASSIVE``
 (torch thread pools that spin collapse on a shared CPU), ``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where
-it is not set already.
+it is not set already. ``--plain-env`` leaves out the first two, so the fit times are those of a plain ``anomalib
+train`` on an idle machine (the two settings slow models with many large temporaries most: MambaADv2's training
+about twice, PatchCore's hardly; docs/benchmarks/tire.md).
 
 Durations on 2 free CPU cores, estimated from ``--tiny`` runs and timed training steps at 128 px (0.48 s per batch-8
 step for MambaADv2 with depths 1-2-2-1, 0.33 s for RD): ``--tiny`` 15-25 s; the default embedded run (128 px, 20
@@ -97,7 +99,9 @@ from typing import Any
 
 import benchinfo
 from benchinfo import (
+    PLAIN_ENV_HELP,
     OutputExistsError,
+    benchmark_env,
     load_average,
     reexec_with_env,
     say,
@@ -195,6 +199,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--tiny", action="store_true", help="64 px, 1 epoch, a few images: a smoke test")
     parser.add_argument("--out", default="results/compare", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing compare.csv / ablation.csv")
+    parser.add_argument("--plain-env", action="store_true", help=PLAIN_ENV_HELP)
     return parser, parser.parse_args(argv)
 
 
@@ -337,5 +342,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    reexec_with_env(ENV)
+    reexec_with_env(benchmark_env(ENV))
     main()

@@ -35,7 +35,7 @@ import compare
 import compare_report
 import compare_run
 import contenders
-from benchinfo import OutputExistsError, claim_output, load_average, reexec_with_env, say
+from benchinfo import PLAIN_ENV_HELP, OutputExistsError, benchmark_env, claim_output, load_average, reexec_with_env, say
 from lightning.pytorch import Callback
 
 CURVE_MODELS = ("mambaadv2", "rd", "patchcore")
@@ -124,6 +124,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     )
     parser.add_argument("--out", default="results/learning_curve", help="output folder (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing curve.csv")
+    parser.add_argument("--plain-env", action="store_true", help=PLAIN_ENV_HELP)
     args, rest = parser.parse_known_args(argv)
     return parser, args, rest
 
@@ -233,5 +234,5 @@ def make_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_env(compare.ENV)
+    reexec_with_env(benchmark_env(compare.ENV))
     sys.exit(0 if main() else 1)

@@ -62,6 +62,16 @@ def test_presets_and_options(compare):
         compare.parse_args(["--mvtec", "a", "--visa", "b"])  # one data source at a time
 
 
+def test_plain_env_leaves_allocator_and_thread_waiting_alone(compare):
+    """``--plain-env`` restarts without the allocator / OpenMP settings (what a plain `anomalib train` has)."""
+    benchinfo = sys.modules["benchinfo"]
+    tuned = benchinfo.benchmark_env(compare.ENV, ["compare.py", "--out", "x"])
+    plain = benchinfo.benchmark_env(compare.ENV, ["compare.py", "--plain-env", "--out", "x"])
+    assert tuned == compare.ENV and {"MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY"} <= tuned.keys()
+    assert plain == {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    assert compare.parse_args(["--plain-env"])[1].plain_env
+
+
 def test_existing_results_are_never_overwritten(compare, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
