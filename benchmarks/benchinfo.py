@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +63,10 @@ PLAIN_ENV_HELP = (
 TUNING_KEYS = ("MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY")
 
 
-def benchmark_env(env: Mapping[str, str], argv: Sequence[str] | None = None) -> dict[str, str]:
-    """``env`` without its allocator and thread-waiting settings (:data:`TUNING_KEYS`) when ``argv`` (default:
-    ``sys.argv``) has ``--plain-env``; they must be decided before the restart, hence from the raw command line."""
-    plain = PLAIN_ENV_FLAG in (sys.argv if argv is None else argv)
+def benchmark_env(env: Mapping[str, str], plain: bool | None = None) -> dict[str, str]:
+    """``env`` without its allocator and thread-waiting settings (:data:`TUNING_KEYS`) when ``plain``; ``None``:
+    when the command line has ``--plain-env`` (read raw: the restart that sets them comes before argument parsing)."""
+    plain = PLAIN_ENV_FLAG in sys.argv if plain is None else plain
     return {key: value for key, value in env.items() if not (plain and key in TUNING_KEYS)}
 
 

@@ -24,7 +24,8 @@ per-configuration medians); the ratios MambaADv2 / RD are paired per round. Targ
 each ≤ 1.5× RD's. Rows with ``activation_checkpointing=True`` are added (``--no-checkpointing`` drops them);
 ``--mamba-options`` passes further MambaADv2 arguments. The children get ``MALLOC_MMAP_THRESHOLD_=1048576``
 (large buffers are mmapped and given back when freed, so RSS follows live memory), ``OMP_WAIT_POLICY=PASSIVE``,
-``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where not already set; the report records them. The report
+``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where not already set (``--plain-env``: the last two only, as a
+plain ``anomalib train`` runs); the report records them. The report
 (default ``docs/benchmarks/train_cost.md``) is never replaced without ``--overwrite``. Not a test: timings belong in
 reports, never in assertions. ``--quick`` took about 2 minutes on 2 shared cores.
 """
@@ -45,7 +46,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchinfo import OutputExistsError, claim_output, cpu_name, git_commit, load_average
+from benchinfo import (
+    PLAIN_ENV_HELP,
+    OutputExistsError,
+    benchmark_env,
+    claim_output,
+    cpu_name,
+    git_commit,
+    load_average,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "benchmarks" / "train_cost.md"
@@ -144,7 +153,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_child(config: tuple[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter; its result, or ``{"error": ...}``."""
-    env = {**ENV, **os.environ}  # ours only where not already set
+    env = {**benchmark_env(ENV, args.plain_env), **os.environ}  # ours only where not already set
     if args.glibc_defaults and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         del env["MALLOC_MMAP_THRESHOLD_"]  # glibc's own dynamic threshold, as a plain `anomalib train` has it
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "@".join(config), "--size", str(args.size),
@@ -291,6 +300,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
         help="leave glibc's allocator thresholds at their defaults (step times as a plain run has them; peak RSS then "
         "includes memory that glibc keeps after freeing it)",
     )
+    parser.add_argument("--plain-env", action="store_true", help=PLAIN_ENV_HELP)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # "<model>@<encoder>": measure one configuration

@@ -62,13 +62,15 @@ def test_presets_and_options(compare):
         compare.parse_args(["--mvtec", "a", "--visa", "b"])  # one data source at a time
 
 
-def test_plain_env_leaves_allocator_and_thread_waiting_alone(compare):
+def test_plain_env_leaves_allocator_and_thread_waiting_alone(compare, monkeypatch):
     """``--plain-env`` restarts without the allocator / OpenMP settings (what a plain `anomalib train` has)."""
     benchinfo = sys.modules["benchinfo"]
-    tuned = benchinfo.benchmark_env(compare.ENV, ["compare.py", "--out", "x"])
-    plain = benchinfo.benchmark_env(compare.ENV, ["compare.py", "--plain-env", "--out", "x"])
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--out", "x"])
+    tuned = benchinfo.benchmark_env(compare.ENV)
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--plain-env", "--out", "x"])
+    plain = benchinfo.benchmark_env(compare.ENV)
     assert tuned == compare.ENV and {"MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY"} <= tuned.keys()
-    assert plain == {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    assert plain == benchinfo.benchmark_env(compare.ENV, plain=True) == {"HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     assert compare.parse_args(["--plain-env"])[1].plain_env
 
 

@@ -57,3 +57,24 @@ def test_quick_report_and_no_overwrite(bench, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         bench.main([*ARGS, "--out", str(out)])
     assert err.value.code == 2 and out.read_bytes() == before
+
+
+def test_plain_env_children_keep_the_allocator_and_thread_waiting_defaults(bench, monkeypatch):
+    """``--plain-env``: the children get no MALLOC_MMAP_THRESHOLD_ / OMP_WAIT_POLICY (unless the caller set them)."""
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(kwargs["env"])
+        raise RuntimeError("stop")  # only the environment matters here
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    for key in ("MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(key, raising=False)
+    for flags in ([], ["--plain-env"]):
+        _, args = bench.parse_args([*ARGS, *flags])
+        with pytest.raises(RuntimeError, match="stop"):
+            bench.run_child((bench.MAMBA, "resnet18"), args)
+    tuned, plain = seen
+    assert tuned["MALLOC_MMAP_THRESHOLD_"] == "1048576" and tuned["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "MALLOC_MMAP_THRESHOLD_" not in plain and "OMP_WAIT_POLICY" not in plain
+    assert plain["HF_HUB_OFFLINE"] == "1"
