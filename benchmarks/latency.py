@@ -39,7 +39,8 @@ with 2 threads than with 1 on 2 cores at load 4–5. ``--spin`` keeps the defaul
 
 The script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=1048576`` (PatchCore's coreset selection otherwise leaves
 glibc holding freed temporaries until the process runs out of memory), ``OMP_WAIT_POLICY=PASSIVE`` (see above; not
-with ``--spin``), ``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where it is not already set. Output of the
+with ``--spin``), ``HF_HUB_OFFLINE=1`` and ``TQDM_DISABLE=1``, each only where it is not already set
+(``--plain-env``: the last two only, and ``--spin``, as a plain process has it). Output of the
 noisy phases (fitting, export) goes to ``<workdir>/log.txt``. On 2 shared cores the MambaADv2 export alone took
 about 5 minutes; a full run takes about 15 minutes.
 """
@@ -62,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import runtimes as rt
-from benchinfo import cpu_name, git_commit, reexec_with_env
+from benchinfo import PLAIN_ENV_HELP, benchmark_env, cpu_name, git_commit, reexec_with_env
 from runtimes import fmt, measure, say, spread
 
 ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -196,10 +197,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep the libraries' busy-waiting thread pools (default: OMP_WAIT_POLICY=PASSIVE for torch, ORT "
         "allow_spinning=0), which collapse on a CPU shared with other jobs",
     )
+    parser.add_argument("--plain-env", action="store_true", help=f"{PLAIN_ENV_HELP}; implies --spin")
     parser.add_argument("--coreset-ratio", type=float, help="PatchCore coreset ratio (default 0.05, --quick 0.01)")
     parser.add_argument("--workdir", type=Path, help="keep exports and the log here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     args = parser.parse_args(argv)
+    args.spin = args.spin or args.plain_env
     args.size = args.size or (128 if args.quick else 256)
     args.repeats = args.repeats or ((3, 2) if args.quick else (9, 3))
     args.coreset_ratio = args.coreset_ratio or (0.01 if args.quick else 0.05)
@@ -317,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             "library defaults (spinning)"
             if args.spin
             else f"no busy-waiting (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, ORT allow_spinning=0)"
-        ),
+        )
+        + f"; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}",
         f"- load average (1 min): start {load_start[0]:.2f}, during {min(loads, default=math.nan):.2f}–"
         f"{max(loads, default=math.nan):.2f}, end {load_end[0]:.2f} (5/15 min at end: {load_end[1]:.2f} / "
         f"{load_end[2]:.2f})",
@@ -384,5 +388,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    reexec_with_env(ENV if "--spin" in sys.argv else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"})
+    spin = "--spin" in sys.argv or "--plain-env" in sys.argv
+    reexec_with_env(benchmark_env(ENV if spin else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"}))
     sys.exit(main())

@@ -3,6 +3,7 @@
 
 import argparse
 import re
+import sys
 
 import pytest
 import torch
@@ -60,3 +61,11 @@ def test_backbone_option_puts_every_model_on_that_encoder(tmp_path):
     with torch.no_grad():
         for model in (mamba, rd):
             assert model(torch.rand(1, 3, 64, 64)).anomaly_map.shape[-2:] == (64, 64)
+
+
+def test_plain_env_spins_and_keeps_the_allocator_defaults():
+    """``--plain-env``: the libraries' own (spinning) thread pools and glibc's own allocator thresholds."""
+    module = load_benchmark("latency")
+    assert module.parse_args(["--plain-env"]).spin and not module.parse_args([]).spin
+    plain = sys.modules["benchinfo"].benchmark_env(module.ENV, plain=True)
+    assert "MALLOC_MMAP_THRESHOLD_" in module.ENV and "MALLOC_MMAP_THRESHOLD_" not in plain
