@@ -388,6 +388,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    spin = "--spin" in sys.argv or "--plain-env" in sys.argv
-    reexec_with_env(benchmark_env(ENV if spin else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"}))
+    reexec_with_env(benchmark_env(ENV if "--spin" in sys.argv else {**ENV, "OMP_WAIT_POLICY": "PASSIVE"}))
     sys.exit(main())

@@ -155,7 +155,7 @@ def run_child(config: tuple[str, str], args: argparse.Namespace) -> dict[str, An
     """Run one configuration in a fresh interpreter; its result, or ``{"error": ...}``."""
     env = {**benchmark_env(ENV, args.plain_env), **os.environ}  # ours only where not already set
     if args.glibc_defaults and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        del env["MALLOC_MMAP_THRESHOLD_"]  # glibc's own dynamic threshold, as a plain `anomalib train` has it
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)  # glibc's own dynamic threshold (already gone with --plain-env)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "@".join(config), "--size", str(args.size),
            "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
            "--threads", str(args.threads), "--mamba-options", args.mamba_options]  # fmt: skip

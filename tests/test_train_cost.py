@@ -70,11 +70,12 @@ def test_plain_env_children_keep_the_allocator_and_thread_waiting_defaults(bench
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     for key in ("MALLOC_MMAP_THRESHOLD_", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(key, raising=False)
-    for flags in ([], ["--plain-env"]):
+    for flags in ([], ["--plain-env"], ["--plain-env", "--glibc-defaults"]):  # the flags overlap: both at once work
         _, args = bench.parse_args([*ARGS, *flags])
         with pytest.raises(RuntimeError, match="stop"):
             bench.run_child((bench.MAMBA, "resnet18"), args)
-    tuned, plain = seen
+    tuned, plain, both = seen
+    assert both == plain
     assert tuned["MALLOC_MMAP_THRESHOLD_"] == "1048576" and tuned["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "MALLOC_MMAP_THRESHOLD_" not in plain and "OMP_WAIT_POLICY" not in plain
     assert plain["HF_HUB_OFFLINE"] == "1"
