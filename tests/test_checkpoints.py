@@ -4,6 +4,7 @@
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,10 @@ def _as_before_2026_12(state: dict) -> dict:
     return old
 
 
-def test_checkpoint_from_before_the_branch_rename_loads(checkpoint, tmp_path):
+def _assert_renamed_checkpoint_loads(checkpoint: Path, tmp_path: Path, rename: Callable[[dict], dict]) -> None:
+    """``checkpoint`` with its state-dict keys renamed by ``rename`` loads to the same weights under today's keys."""
     ckpt = torch.load(checkpoint, weights_only=True)
-    ckpt["state_dict"] = _as_before_2026_12(ckpt["state_dict"])
+    ckpt["state_dict"] = rename(ckpt["state_dict"])
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
     restored = MambaADv2.load_from_checkpoint(old)
@@ -88,15 +90,23 @@ def test_checkpoint_from_before_the_branch_rename_loads(checkpoint, tmp_path):
     assert all(torch.equal(restored.state_dict()[k], v) for k, v in expected.items())
 
 
-def test_torch_state_dict_from_before_the_branch_rename_loads():
+def _assert_renamed_torch_state_dict_loads(rename: Callable[[dict], dict]) -> None:
+    """A torch model's state dict renamed by ``rename`` loads strictly (no key missing or left over), same weights."""
     from anomalib_mambaadv2.torch_model import MambaADv2Model
 
-    options = {k: v for k, v in SMALL.items()}
     torch.manual_seed(0)
-    source = MambaADv2Model(**options)
-    target = MambaADv2Model(**options)
-    target.load_state_dict(_as_before_2026_12(source.state_dict()))  # strict: no key missing or left over
+    source = MambaADv2Model(**SMALL)
+    target = MambaADv2Model(**SMALL)
+    target.load_state_dict(rename(source.state_dict()))
     assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_checkpoint_from_before_the_branch_rename_loads(checkpoint, tmp_path):
+    _assert_renamed_checkpoint_loads(checkpoint, tmp_path, _as_before_2026_12)
+
+
+def test_torch_state_dict_from_before_the_branch_rename_loads():
+    _assert_renamed_torch_state_dict_loads(_as_before_2026_12)
 
 
 _OLD_FREQUENCY_NAMES = {  # the frequency branch's layers before 2026-12-05 (before conv_norm_act built them)
@@ -119,22 +129,9 @@ def _with_old_frequency_names(state: dict) -> dict:
 
 
 def test_state_dicts_with_the_old_frequency_layer_names_load(checkpoint, tmp_path):
-    from anomalib_mambaadv2.torch_model import MambaADv2Model
-
-    torch.manual_seed(0)
-    source = MambaADv2Model(**SMALL)
-    target = MambaADv2Model(**SMALL)
-    target.load_state_dict(_with_old_frequency_names(source.state_dict()))  # strict
-    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.state_dict().items())
-
-    ckpt = torch.load(checkpoint, weights_only=True)  # a checkpoint with both renames (`second`, old layer names)
-    ckpt["state_dict"] = _as_before_2026_12(_with_old_frequency_names(ckpt["state_dict"]))
-    old = tmp_path / "older.ckpt"
-    torch.save(ckpt, old)
-    restored = MambaADv2.load_from_checkpoint(old)
-    expected = MambaADv2.load_from_checkpoint(checkpoint).state_dict()
-    assert restored.state_dict().keys() == expected.keys()
-    assert all(torch.equal(restored.state_dict()[k], v) for k, v in expected.items())
+    _assert_renamed_torch_state_dict_loads(_with_old_frequency_names)
+    # a checkpoint with both renames (`second`, old layer names)
+    _assert_renamed_checkpoint_loads(checkpoint, tmp_path, lambda s: _as_before_2026_12(_with_old_frequency_names(s)))
 
 
 def test_truncated_checkpoint_is_named(checkpoint, tmp_path, monkeypatch, capsys):
