@@ -97,6 +97,32 @@ def test_output_does_not_require_grad():
     assert all(f.grad_fn is None for f in features)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("backbone", "layers"), [("resnet18", RESNET_LAYERS), ("efficientnet_lite0", ("blocks.1", "blocks.2", "blocks.4"))]
+)
+def test_channels_last_encoder_matches_timm_reference(backbone, layers, dtype):
+    """The encoder runs channels-last (a CPU speed-up): same features as timm's model in the default layout."""
+    torch.manual_seed(0)
+    encoder = FrozenEncoder(backbone, layers=layers, pre_trained=False).to(dtype)
+    reference = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True,
+                                  out_indices=encoder.feature_extractor.feature_info.out_indices)  # fmt: skip
+    reference.load_state_dict(encoder.feature_extractor.state_dict())
+    reference = reference.to(dtype).eval()
+    conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # the layout is really channels-last, not a 1x1 special case
+    images = torch.randn(2, 3, 64, 64, dtype=dtype)
+    with torch.no_grad():
+        expected = reference(images)
+    features = encoder(images)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, want in zip(features, expected, strict=True):
+        assert got.is_contiguous()  # the decoder gets the default layout
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
 def test_onnx_export_matches_eager(tmp_path):
     encoder = FrozenEncoder("resnet18", pre_trained=False)
     diffs = export_and_compare(encoder, (torch.rand(1, 3, 64, 64),), tmp_path)

@@ -196,6 +196,9 @@ class FrozenEncoder(nn.Module):
         # exportable=True, as in Anomalib, picks ONNX-exportable layer implementations (same weights).
         self._kwargs = {"features_only": True, "out_indices": out_indices, "exportable": True}
         self.feature_extractor = timm.create_model(backbone, pretrained=False, **self._kwargs)
+        # channels-last convolutions are 20-40 % faster on CPU (oneDNN's native layout; most for depthwise ones);
+        # loading weights copies into these tensors, so the layout stays.
+        self.feature_extractor.to(memory_format=torch.channels_last)
         self.load_weights(pre_trained=pre_trained, backbone_weights=backbone_weights)
 
     def load_weights(self, pre_trained: bool = True, backbone_weights: str | os.PathLike | None = None) -> None:
@@ -330,4 +333,6 @@ class FrozenEncoder(nn.Module):
         Returns:
             One feature map per layer, ``B×C_i×H/r_i×W/r_i``, detached from the autograd graph.
         """
-        return [feature.detach() for feature in self.feature_extractor(images)]
+        features = self.feature_extractor(images.contiguous(memory_format=torch.channels_last))
+        # back to the default layout, so the decoder and the loss see the layout they were written and timed for
+        return [feature.detach().contiguous() for feature in features]
