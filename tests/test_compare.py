@@ -11,6 +11,9 @@ import pytest
 import torch
 from helpers import load_benchmark
 
+# Largest |difference| of encoder features between models with the same encoder weights: float32 rounding only.
+FEATURE_ROUNDING = 1e-4
+
 
 @pytest.fixture(scope="module")
 def compare():
@@ -115,7 +118,9 @@ def test_peers_share_the_encoder_and_are_scored_after_post_processing(compare, c
         built = build(spec, settings)
         built.encoder.load_state_dict(state, strict=True)
         assert contenders.tensor_fingerprint(built.encoder.state_dict()) == contenders.tensor_fingerprint(state)
-        assert contenders.encoder_difference(built.encoder, images, expected) == 0.0, name
+        # same weights (fingerprint above); features equal up to float32 rounding, as MambaADv2's encoder runs
+        # channels-last and the peers' Anomalib extractors in the default layout (wrong weights differ by O(1))
+        assert contenders.encoder_difference(built.encoder, images, expected) <= FEATURE_ROUNDING, name
         module = contenders.add_per_category_metrics(built.module)
         callbacks = module.configure_callbacks()
         kinds = [type(c) for c in callbacks]
@@ -149,7 +154,7 @@ def test_compare_tiny_multiclass(compare, contenders, tmp_path, keep_threads):
         check_metrics(row, contenders.METRICS)
         for column in ("train_s", "test_s", "latency_ms", "peak_rss_mb", "params_m", "gmacs"):
             assert float(row[column]) > 0, (row["model"], column)
-        assert float(row["encoder_diff"]) == 0.0
+        assert float(row["encoder_diff"]) <= FEATURE_ROUNDING
     assert len({r["encoder"] for r in rows}) == 1, "every model must have the same encoder weights"
     assert len({r["split"] for r in rows}) == 1, "every model must see the same split"
     for model in ("MambaADv2", "Patchcore", "ReverseDistillation"):  # mean row = mean of the category rows

