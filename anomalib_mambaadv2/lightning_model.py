@@ -80,7 +80,8 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
         sigma: Gaussian blur of the anomaly map in pixels.
         activation_checkpointing: Recompute HSS activations in backward (less training memory, more compute).
         feature_dropout: Dropout on the encoder features entering the bottleneck, training only (noisy bottleneck).
-        loss: ``"mse"`` (5·MSE per scale) or ``"cosine"``.
+        loss: ``"mse"`` (5·MSE per scale), ``"cosine"`` (RD's) or ``"cosine_hm"`` (Dinomaly's loose loss: one cosine per
+            image and scale, gradients of the best-reconstructed 90 % of positions × 0.1; see :mod:`.loss`).
         lr: Learning rate at batch size 16; scaled linearly with the training batch size.
         weight_decay: AdamW weight decay (not applied to biases, norms, SSM scalars and filters).
         ssd_backend: ``"torch"`` (exportable, default), ``"auto"`` or ``"fused"`` (``mamba_ssm`` on NVIDIA GPUs).
@@ -245,12 +246,17 @@ class MambaADv2(Int8ExportMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruction loss between encoder and decoder features."""
         del args, kwargs
-        loss = self.loss(*self.model(batch.image))
+        loss = self.loss(*self.model(batch.image), progress=self._progress())
         self.log(
             "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, sync_dist=True,
             batch_size=len(batch.image),
         )  # fmt: skip
         return {"loss": loss}
+
+    def _progress(self) -> float:
+        """Fraction of the trainer's steps done (1 where the total is unknown); the same on every DDP process."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        return self.global_step / total if math.isfinite(total) and total > 0 else 1.0
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Scores and anomaly maps for the validation metrics."""

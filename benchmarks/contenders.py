@@ -31,6 +31,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "expand-1": {"expand": 1},  # half the HSS inner width (docs/benchmarks/saps.md: costs image AUROC)
     "feature-dropout": {"feature_dropout": 0.2},  # noisy bottleneck (Dinomaly's 0.2), the default since 2026-12-05
     "no-feature-dropout": {"feature_dropout": 0.0},  # the default before 2026-12-05 (docs/benchmarks/tire.md)
+    "loose-loss": {"loss": "cosine_hm"},  # Dinomaly's loose loss: global cosine + hard mining (issue #20)
     "mambaad-like": {
         "matrix_path": False, "trapezoid": False, "rotation": False, "freq_branch": False, "directions": (8, 8, 8, 8),
     },
