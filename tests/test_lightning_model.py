@@ -138,6 +138,20 @@ def test_fit_with_local_backbone_weights(mvtec_root, tmp_path):
     torch.testing.assert_close(model.model.encoder.feature_extractor.conv1.weight, src.conv1.weight)
 
 
+def test_fit_with_loose_loss_ramps_hard_mining_over_the_steps(mvtec_root, tmp_path):
+    torch.manual_seed(0)
+    model = MambaADv2(**{**SMALL, "loss": "cosine_hm"})
+    seen, forward = [], model.loss.forward
+    model.loss.forward = lambda enc, dec, progress: seen.append(progress) or forward(enc, dec, progress)
+    before = [p.detach().clone() for p in model.model.stages.parameters()]
+    make_engine(tmp_path, limit_val_batches=1).fit(model=model, datamodule=datamodule(mvtec_root))
+    assert seen == pytest.approx([0, 0.25, 0.5, 0.75])  # global step / 4 steps (2 epochs × 8 images / batch 4)
+    assert [model.loss.hard_fraction(t) for t in seen] == pytest.approx([0, 0.9, 0.9, 0.9])
+    after = list(model.model.stages.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+
+
 @pytest.mark.parametrize("export_type", [ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO])
 def test_export(trained, tmp_path, export_type):
     model, engine, _, _ = trained
