@@ -12,6 +12,11 @@ Each file is one run of ``benchmarks/compare.py`` (head-to-head: a row per ``mod
 ``mean`` category. The files are the repetitions, one per seed (nothing here checks which seed a file ran; give each
 once). A cell is ``mean ± sd (n)``: the mean and the sample standard deviation over the ``n`` files that have the
 group (``n = 1``: the value alone).
+
+``--paired A B`` adds a second table: per metric, the difference A − B within each file that has both (the same
+seed, so the same data), as ``mean ± sd (n), se s, A ≥ B in k/n``, where ``s = sd / √n`` is the standard error of
+the mean difference. Seeds move both models' results together (they draw the data), so the paired difference is
+far less noisy than the difference of the two means.
 """
 
 from __future__ import annotations
@@ -81,11 +86,34 @@ def table(summary: list[tuple[str, dict[str, list[float]]]], metrics: list[str])
     return "\n".join(lines) + "\n"
 
 
+def paired(paths: list[Path], metrics: list[str], a: str, b: str) -> str:
+    """The markdown table of ``a − b`` per metric over the files that have both groups."""
+    diffs: dict[str, list[float]] = {m: [] for m in metrics}
+    for path in paths:
+        rows = rows_of(path)
+        if a in rows and b in rows:
+            for metric in metrics:
+                diffs[metric].append(float(rows[a][metric]) - float(rows[b][metric]))
+    if not diffs[metrics[0]]:
+        msg = f"no file has both {a!r} and {b!r}."
+        raise ValueError(msg)
+    lines = [f"| {a} − {b} | mean ± sd (n) | standard error | {a} ≥ {b} |", "|---|---:|---:|---:|"]
+    for metric, values in diffs.items():
+        n = len(values)
+        sd = statistics.stdev(values) if n > 1 else math.nan
+        wins = sum(v >= 0 for v in values)
+        lines.append(
+            f"| {metric} | {statistics.fmean(values):+.4f} ± {sd:.4f} ({n}) | {sd / math.sqrt(n):.4f} | {wins}/{n} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> str:
     """Print (and with ``--out`` write) the table; returns it."""
     parser = argparse.ArgumentParser(prog="python benchmarks/seed_summary.py", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path, help="compare.csv / ablation.csv / curve.csv of each seed")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="columns (%(default)s)")
+    parser.add_argument("--paired", nargs=2, metavar=("A", "B"), help="also the per-file difference A − B")
     parser.add_argument("--out", type=Path, help="also write the table here (refused if it exists)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -94,6 +122,8 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(f"no such file(s): {', '.join(missing)}")
     try:
         text = table(summarise(args.files, args.metrics), args.metrics)
+        if args.paired:
+            text += "\n" + paired(args.files, args.metrics, *args.paired)
         if args.out:
             claim_output(args.out, args.overwrite).write_text(text, encoding="utf-8")
     except (ValueError, FileExistsError) as err:

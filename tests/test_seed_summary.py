@@ -51,6 +51,29 @@ def test_mean_and_sd_over_files_of_each_kind(summary, tmp_path):
     assert info.value.code == 2 and out.read_text(encoding="utf-8") == text
 
 
+def test_paired_difference_per_file(summary, tmp_path, capsys):
+    files = [
+        write(
+            tmp_path / f"s{seed}" / "compare.csv",
+            [
+                {"model": "MambaADv2", "category": "mean", "image_AUROC": m},
+                {"model": "Patchcore", "category": "mean", "image_AUROC": p},
+            ],
+        )
+        for seed, (m, p) in enumerate(((0.90, 0.92), (0.96, 0.94), (0.93, 0.93)))
+    ]
+    files.append(
+        write(tmp_path / "only" / "compare.csv", [{"model": "MambaADv2", "category": "mean", "image_AUROC": 0}])
+    )
+    text = summary.main([*map(str, files), "--metrics", "image_AUROC", "--paired", "MambaADv2", "Patchcore"])
+    row = next(line for line in text.splitlines() if line.startswith("| image_AUROC"))
+    # differences -0.02, +0.02, 0 over the three files with both: mean 0, sd 0.02, se 0.02 / sqrt(3)
+    assert row == "| image_AUROC | +0.0000 ± 0.0200 (3) | 0.0115 | 2/3 |"
+    with pytest.raises(SystemExit):
+        summary.main([str(files[-1]), "--metrics", "image_AUROC", "--paired", "MambaADv2", "Patchcore"])
+    assert "no file has both 'MambaADv2' and 'Patchcore'" in capsys.readouterr().err
+
+
 def test_bad_input_is_named(summary, tmp_path, capsys):
     path = write(tmp_path / "compare.csv", [{"model": "RD", "category": "mean", "image_AUROC": 0.5}])
     with pytest.raises(SystemExit):
